@@ -1,0 +1,4 @@
+//! Benchmarks that print figures. Each needs root: it builds its own
+//! namespace with a veth pair and removes it afterwards.
+
+pub mod datapath;
