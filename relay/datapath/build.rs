@@ -74,8 +74,13 @@ fn run() -> Result<(), String> {
         .join("release")
         .join("relay-ebpf");
     let embedded = out_dir.join("relay-steer.bpf.o");
-    fs::copy(&object, &embedded)
-        .map_err(|e| format!("copying {} to {}: {e}", object.display(), embedded.display()))?;
+    fs::copy(&object, &embedded).map_err(|e| {
+        format!(
+            "copying {} to {}: {e}",
+            object.display(),
+            embedded.display()
+        )
+    })?;
     Ok(())
 }
 
@@ -90,7 +95,19 @@ fn clean_cargo_command() -> Command {
         let leaks = key.starts_with("CARGO_")
             || key.starts_with("RUSTC")
             || key.starts_with("RUSTDOC")
-            || matches!(key, "RUSTFLAGS" | "RUSTUP_TOOLCHAIN" | "CARGO" | "TARGET" | "HOST" | "OUT_DIR" | "OPT_LEVEL" | "PROFILE" | "DEBUG" | "NUM_JOBS");
+            || matches!(
+                key,
+                "RUSTFLAGS"
+                    | "RUSTUP_TOOLCHAIN"
+                    | "CARGO"
+                    | "TARGET"
+                    | "HOST"
+                    | "OUT_DIR"
+                    | "OPT_LEVEL"
+                    | "PROFILE"
+                    | "DEBUG"
+                    | "NUM_JOBS"
+            );
         if leaks && key != "CARGO_HOME" {
             cmd.env_remove(key);
         }
@@ -117,11 +134,16 @@ fn ensure_rust_src(sysroot: &Path) -> Result<(), String> {
     if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
         return Ok(());
     }
-    println!("cargo:warning=installing the nightly's rust-src component (needed for -Z build-std=core)");
+    println!(
+        "cargo:warning=installing the nightly's rust-src component (needed for -Z build-std=core)"
+    );
     let mut cmd = Command::new("rustup");
     cmd.args(["component", "add", "rust-src", "--toolchain", NIGHTLY])
         .env_remove("RUSTUP_TOOLCHAIN");
-    run_command(&mut cmd, "rustup component add rust-src --toolchain nightly")
+    run_command(
+        &mut cmd,
+        "rustup component add rust-src --toolchain nightly",
+    )
 }
 
 /// The nightly's own libLLVM, e.g. `libLLVM-22-rust-1.97.0-nightly.so`.
@@ -136,7 +158,10 @@ fn nightly_llvm(sysroot: &Path) -> Result<String, String> {
             return Ok(stem.to_string());
         }
     }
-    Err(format!("no libLLVM-*.so in {}: is the nightly complete?", lib.display()))
+    Err(format!(
+        "no libLLVM-*.so in {}: is the nightly complete?",
+        lib.display()
+    ))
 }
 
 fn ensure_bpf_linker(sysroot: &Path) -> Result<PathBuf, String> {
@@ -161,18 +186,24 @@ fn ensure_bpf_linker(sysroot: &Path) -> Result<PathBuf, String> {
     );
     let lib = sysroot.join("lib");
     let mut cmd = clean_cargo_command();
-    cmd.args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features"])
-        .arg(format!("llvm-{major},no-llvm-linking"))
-        .arg("--root")
-        .arg(&root)
-        .env(
-            "RUSTFLAGS",
-            format!(
-                "-L native={lib} -l dylib={llvm} -C link-arg=-Wl,-rpath,{lib}",
-                lib = lib.display()
-            ),
-        );
+    cmd.args([
+        "install",
+        "bpf-linker",
+        "--locked",
+        "--version",
+        BPF_LINKER_VERSION,
+    ])
+    .args(["--no-default-features", "--features"])
+    .arg(format!("llvm-{major},no-llvm-linking"))
+    .arg("--root")
+    .arg(&root)
+    .env(
+        "RUSTFLAGS",
+        format!(
+            "-L native={lib} -l dylib={llvm} -C link-arg=-Wl,-rpath,{lib}",
+            lib = lib.display()
+        ),
+    );
     run_command(&mut cmd, "cargo install bpf-linker")?;
     Ok(bin)
 }

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use relay_common::{ServiceKey, ServiceValue, SteerConfig};
 use relay_datapath::steer::VerdictCounts;
-use relay_datapath::{AfXdpConfig, AfXdpDevice, AttachMode, Device, DeviceStats, SteerProgram, netns};
+use relay_datapath::{
+    AfXdpConfig, AfXdpDevice, AttachMode, Device, DeviceStats, SteerProgram, netns,
+};
 use sha2::{Digest, Sha256};
 
 use crate::responder::{EchoResponder, ResponderStats};
@@ -30,6 +32,8 @@ pub struct EchoReport {
     pub received_sha256: String,
     /// Bytes the client received.
     pub received_bytes: usize,
+    /// From the client's connect to its last byte received.
+    pub client_elapsed: Duration,
     /// What the userspace responder saw and did.
     pub responder: ResponderStats,
     /// XDP verdicts on relay-a's front interface during the exchange.
@@ -72,7 +76,10 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 /// Hex SHA-256.
 pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 struct RelaySide {
@@ -82,50 +89,59 @@ struct RelaySide {
 }
 
 /// Runs the exchange of `bytes` bytes in `lab` and reports.
-pub fn run_echo_exchange(lab: &Lab, bytes: usize, timeout: Duration) -> Result<EchoReport, EchoError> {
+pub fn run_echo_exchange(
+    lab: &Lab,
+    bytes: usize,
+    timeout: Duration,
+) -> Result<EchoReport, EchoError> {
     let kernel_before = lab.kernel_tcp_counters(Node::RelayA)?;
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
 
     let relay = {
         let stop = stop.clone();
-        netns::run_in(&lab.ns(Node::RelayA), move || -> Result<RelaySide, relay_datapath::DeviceError> {
-            let setup = || -> Result<(SteerProgram, AfXdpDevice), relay_datapath::DeviceError> {
-                let mut steer = SteerProgram::load()?;
-                steer.set_services(&[(
-                    ServiceKey::new(addr::VIP.octets(), addr::VIP_PORT),
-                    ServiceValue { service_index: 0 },
-                )])?;
-                steer.set_config(SteerConfig::new(
-                    addr::BACK_SHARED.octets(),
-                    addr::BACK_PORT_FIRST,
-                    addr::BACK_PORT_LAST,
-                    true,
-                ))?;
-                steer.attach("front", AttachMode::Driver)?;
-                let device = AfXdpDevice::open(&AfXdpConfig::new("front", 0))?;
-                steer.register_socket(0, &device.socket_fd())?;
-                Ok((steer, device))
-            };
-            let (steer, mut device) = match setup() {
-                Ok(v) => v,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.to_string()));
-                    return Err(e);
-                }
-            };
-            let verdicts_before = steer.verdicts()?;
-            let _ = ready_tx.send(Ok(()));
-            let mut responder = EchoResponder::new(addr::VIP, addr::VIP_PORT);
-            let stats = responder.run(&mut device, timeout, |_| stop.load(Ordering::Relaxed))?;
-            // Let the last ACK of the close arrive before counting.
-            let _ = responder.poll(&mut device);
-            Ok(RelaySide {
-                responder: stats,
-                verdicts: steer.verdicts()?.since(&verdicts_before),
-                device: device.stats(),
-            })
-        })?
+        netns::run_in(
+            &lab.ns(Node::RelayA),
+            move || -> Result<RelaySide, relay_datapath::DeviceError> {
+                let setup =
+                    || -> Result<(SteerProgram, AfXdpDevice), relay_datapath::DeviceError> {
+                        let mut steer = SteerProgram::load()?;
+                        steer.set_services(&[(
+                            ServiceKey::new(addr::VIP.octets(), addr::VIP_PORT),
+                            ServiceValue { service_index: 0 },
+                        )])?;
+                        steer.set_config(SteerConfig::new(
+                            addr::BACK_SHARED.octets(),
+                            addr::BACK_PORT_FIRST,
+                            addr::BACK_PORT_LAST,
+                            true,
+                        ))?;
+                        steer.attach("front", AttachMode::Driver)?;
+                        let device = AfXdpDevice::open(&AfXdpConfig::new("front", 0))?;
+                        steer.register_socket(0, &device.socket_fd())?;
+                        Ok((steer, device))
+                    };
+                let (steer, mut device) = match setup() {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return Err(e);
+                    }
+                };
+                let verdicts_before = steer.verdicts()?;
+                let _ = ready_tx.send(Ok(()));
+                let mut responder = EchoResponder::new(addr::VIP, addr::VIP_PORT);
+                let stats =
+                    responder.run(&mut device, timeout, |_| stop.load(Ordering::Relaxed))?;
+                // Let the last ACK of the close arrive before counting.
+                let _ = responder.poll(&mut device);
+                Ok(RelaySide {
+                    responder: stats,
+                    verdicts: steer.verdicts()?.since(&verdicts_before),
+                    device: device.stats(),
+                })
+            },
+        )?
     };
 
     let ready = ready_rx
@@ -139,17 +155,27 @@ pub fn run_echo_exchange(lab: &Lab, bytes: usize, timeout: Duration) -> Result<E
 
     let data = pattern(bytes, bytes as u64);
     let sent_sha256 = sha256_hex(&data);
-    let client = netns::run_in(&lab.ns(Node::Client), move || client_exchange(data, timeout))?;
+    let client_started = std::time::Instant::now();
+    let client = netns::run_in(&lab.ns(Node::Client), move || {
+        client_exchange(data, timeout)
+    })?;
     let client_result = client.join().map_err(|_| EchoError::Panicked("client"))?;
+    let client_elapsed = client_started.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let relay_side = relay.join().map_err(|_| EchoError::Panicked("relay-a"))???;
+    let relay_side = relay
+        .join()
+        .map_err(|_| EchoError::Panicked("relay-a"))???;
     let received = client_result?.map_err(EchoError::Client)?;
 
     let kernel_after = lab.kernel_tcp_counters(Node::RelayA)?;
     let relay_kernel_tcp_delta = kernel_after
         .iter()
         .filter_map(|(name, after)| {
-            let before = kernel_before.iter().find(|(n, _)| n == name).map(|(_, v)| *v).unwrap_or(0);
+            let before = kernel_before
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| *v)
+                .unwrap_or(0);
             // CurrEstab is a gauge; the rest are counters.
             (after != &before).then(|| (name.clone(), after - before))
         })
@@ -160,6 +186,7 @@ pub fn run_echo_exchange(lab: &Lab, bytes: usize, timeout: Duration) -> Result<E
         sent_sha256,
         received_sha256: sha256_hex(&received),
         received_bytes: received.len(),
+        client_elapsed,
         responder: relay_side.responder,
         verdicts: relay_side.verdicts,
         device: relay_side.device,
@@ -173,19 +200,25 @@ fn client_exchange(data: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, String> 
     let target = SocketAddr::from((addr::VIP, addr::VIP_PORT));
     let stream = TcpStream::connect_timeout(&target, Duration::from_secs(5))
         .map_err(|e| format!("connect to {target}: {e}"))?;
-    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
     let sender = std::thread::spawn(move || -> Result<(), String> {
         for chunk in data.chunks(16 * 1024) {
             writer.write_all(chunk).map_err(|e| format!("send: {e}"))?;
         }
-        writer.shutdown(Shutdown::Write).map_err(|e| format!("shutdown: {e}"))
+        writer
+            .shutdown(Shutdown::Write)
+            .map_err(|e| format!("shutdown: {e}"))
     });
     let mut received = Vec::new();
     let mut reader = stream;
     reader
         .read_to_end(&mut received)
         .map_err(|e| format!("receive after {} bytes: {e}", received.len()))?;
-    sender.join().map_err(|_| "sender thread panicked".to_string())??;
+    sender
+        .join()
+        .map_err(|_| "sender thread panicked".to_string())??;
     Ok(received)
 }

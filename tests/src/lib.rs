@@ -67,7 +67,9 @@ impl Node {
 #[non_exhaustive]
 pub enum LabError {
     /// A command could not be started (not installed?).
-    #[error("could not run `{cmd}`: {source} (is it installed? `cargo xtask setup` installs the lab's tools)")]
+    #[error(
+        "could not run `{cmd}`: {source} (is it installed? `cargo xtask setup` installs the lab's tools)"
+    )]
     Spawn {
         /// The command line.
         cmd: String,
@@ -155,13 +157,41 @@ struct Link {
 }
 
 const LINKS: [Link; 7] = [
-    Link { a: (Node::Client, "eth0"), b: (Node::Switch, "c-eth0"), bridge: Some("brfront") },
-    Link { a: (Node::RelayA, "front"), b: (Node::Switch, "a-front"), bridge: Some("brfront") },
-    Link { a: (Node::RelayB, "front"), b: (Node::Switch, "b-front"), bridge: Some("brfront") },
-    Link { a: (Node::RelayA, "back"), b: (Node::Switch, "a-back"), bridge: Some("brback") },
-    Link { a: (Node::RelayB, "back"), b: (Node::Switch, "b-back"), bridge: Some("brback") },
-    Link { a: (Node::Backend, "eth0"), b: (Node::Switch, "k-eth0"), bridge: Some("brback") },
-    Link { a: (Node::RelayA, "bp0"), b: (Node::RelayB, "bp0"), bridge: None },
+    Link {
+        a: (Node::Client, "eth0"),
+        b: (Node::Switch, "c-eth0"),
+        bridge: Some("brfront"),
+    },
+    Link {
+        a: (Node::RelayA, "front"),
+        b: (Node::Switch, "a-front"),
+        bridge: Some("brfront"),
+    },
+    Link {
+        a: (Node::RelayB, "front"),
+        b: (Node::Switch, "b-front"),
+        bridge: Some("brfront"),
+    },
+    Link {
+        a: (Node::RelayA, "back"),
+        b: (Node::Switch, "a-back"),
+        bridge: Some("brback"),
+    },
+    Link {
+        a: (Node::RelayB, "back"),
+        b: (Node::Switch, "b-back"),
+        bridge: Some("brback"),
+    },
+    Link {
+        a: (Node::Backend, "eth0"),
+        b: (Node::Switch, "k-eth0"),
+        bridge: Some("brback"),
+    },
+    Link {
+        a: (Node::RelayA, "bp0"),
+        b: (Node::RelayB, "bp0"),
+        bridge: None,
+    },
 ];
 
 /// The addresses each node's interfaces get (prefix length in `addr`).
@@ -202,8 +232,14 @@ impl Lab {
     fn check_prefix(prefix: &str) -> Result<(), LabError> {
         let ok = !prefix.is_empty()
             && prefix.len() <= 20
-            && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        if ok { Ok(()) } else { Err(LabError::BadPrefix(prefix.to_string())) }
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if ok {
+            Ok(())
+        } else {
+            Err(LabError::BadPrefix(prefix.to_string()))
+        }
     }
 
     fn build(&self) -> Result<(), LabError> {
@@ -213,9 +249,27 @@ impl Lab {
         }
         let switch = self.ns(Node::Switch);
         for bridge in ["brfront", "brback"] {
-            run("ip", &["-n", &switch, "link", "add", bridge, "type", "bridge"])?;
+            run(
+                "ip",
+                &["-n", &switch, "link", "add", bridge, "type", "bridge"],
+            )?;
             // No STP and no forwarding delay: the lab's ports forward at once.
-            run("ip", &["-n", &switch, "link", "set", bridge, "type", "bridge", "stp_state", "0", "forward_delay", "0"])?;
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &switch,
+                    "link",
+                    "set",
+                    bridge,
+                    "type",
+                    "bridge",
+                    "stp_state",
+                    "0",
+                    "forward_delay",
+                    "0",
+                ],
+            )?;
             run("ip", &["-n", &switch, "link", "set", bridge, "up"])?;
         }
         for link in &LINKS {
@@ -223,26 +277,59 @@ impl Lab {
             let (b_node, b_if) = link.b;
             let a_ns = self.ns(a_node);
             let b_ns = self.ns(b_node);
-            run("ip", &["-n", &a_ns, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b_ns])?;
+            run(
+                "ip",
+                &[
+                    "-n", &a_ns, "link", "add", a_if, "type", "veth", "peer", "name", b_if,
+                    "netns", &b_ns,
+                ],
+            )?;
             if let Some(bridge) = link.bridge {
                 run("ip", &["-n", &b_ns, "link", "set", b_if, "master", bridge])?;
             }
             for (ns, ifname) in [(&a_ns, a_if), (&b_ns, b_if)] {
                 // Frames must carry complete checksums: AF_XDP and AF_PACKET
                 // receive them as sent, without the stack's offload fix-up.
-                run("ip", &["netns", "exec", ns, "ethtool", "-K", ifname, "tx", "off"])?;
+                run(
+                    "ip",
+                    &["netns", "exec", ns, "ethtool", "-K", ifname, "tx", "off"],
+                )?;
                 run("ip", &["-n", ns, "link", "set", ifname, "up"])?;
             }
         }
         for (node, ifname, address, len) in ADDRESSES {
-            self.ip(node, &["addr", "add", &format!("{address}/{len}"), "dev", ifname])?;
+            self.ip(
+                node,
+                &["addr", "add", &format!("{address}/{len}"), "dev", ifname],
+            )?;
         }
-        self.ip(Node::RelayB, &["addr", "add", &format!("{}/30", addr::BACKPLANE_B), "dev", "bp0"])?;
+        self.ip(
+            Node::RelayB,
+            &[
+                "addr",
+                "add",
+                &format!("{}/30", addr::BACKPLANE_B),
+                "dev",
+                "bp0",
+            ],
+        )?;
         // The VIP and the shared back-side address start on relay-a; failover
         // moves them (gratuitous ARP). The kernel only answers ARP for them:
         // TCP to VIP:443 and to the back-side ports is steered by XDP.
-        self.ip(Node::RelayA, &["addr", "add", &format!("{}/32", addr::VIP), "dev", "front"])?;
-        self.ip(Node::RelayA, &["addr", "add", &format!("{}/32", addr::BACK_SHARED), "dev", "back"])?;
+        self.ip(
+            Node::RelayA,
+            &["addr", "add", &format!("{}/32", addr::VIP), "dev", "front"],
+        )?;
+        self.ip(
+            Node::RelayA,
+            &[
+                "addr",
+                "add",
+                &format!("{}/32", addr::BACK_SHARED),
+                "dev",
+                "back",
+            ],
+        )?;
         Ok(())
     }
 
@@ -287,7 +374,11 @@ impl Lab {
         if namespaces.is_empty() {
             return Ok(format!("lab {prefix:?}: down (no namespaces)\n"));
         }
-        let mut report = format!("lab {prefix:?}: {} of {} namespaces\n", namespaces.len(), Node::ALL.len());
+        let mut report = format!(
+            "lab {prefix:?}: {} of {} namespaces\n",
+            namespaces.len(),
+            Node::ALL.len()
+        );
         for ns in &namespaces {
             report.push_str(&format!("== {ns}\n"));
             let out = run("ip", &["-n", ns, "-br", "addr", "show"])?;
@@ -408,6 +499,10 @@ pub fn unique_prefix(tag: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let tag: String = tag.chars().filter(|c| c.is_ascii_lowercase()).take(6).collect();
+    let tag: String = tag
+        .chars()
+        .filter(|c| c.is_ascii_lowercase())
+        .take(6)
+        .collect();
     format!("t{tag}{}x{n}", std::process::id())
 }

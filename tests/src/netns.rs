@@ -21,7 +21,10 @@ impl Netns {
         ns.ip(&["link", "set", "lo", "up"])?;
         ns.ip(&["link", "add", left, "type", "veth", "peer", "name", right])?;
         for ifname in [left, right] {
-            run("ip", &["netns", "exec", name, "ethtool", "-K", ifname, "tx", "off"])?;
+            run(
+                "ip",
+                &["netns", "exec", name, "ethtool", "-K", ifname, "tx", "off"],
+            )?;
             ns.ip(&["link", "set", ifname, "up"])?;
         }
         Ok(ns)

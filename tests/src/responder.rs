@@ -32,6 +32,11 @@ pub struct ResponderStats {
 struct Conn {
     snd_nxt: SeqNumber,
     rcv_nxt: SeqNumber,
+    /// Right edge of the client's receive window (no window scaling offered).
+    snd_wnd_right: SeqNumber,
+    /// The window we last advertised: a small one needs an update when the
+    /// client's acknowledgements make room again.
+    adv_window: u16,
     fin_sent: bool,
 }
 
@@ -115,11 +120,23 @@ impl EchoResponder {
             let conn = Conn {
                 snd_nxt: isn + 1,
                 rcv_nxt: tcp.seq_number + 1,
+                snd_wnd_right: isn + 1 + usize::from(tcp.window_len),
+                adv_window: u16::MAX,
                 fin_sent: false,
             };
-            let mut options = TcpOptions::default();
-            options.mss = Some(ECHO_MSS);
-            replies.push(self.segment(frame, isn, conn.rcv_nxt, TcpFlags::SYN | TcpFlags::ACK, options, &[]));
+            let options = TcpOptions {
+                mss: Some(ECHO_MSS),
+                ..TcpOptions::default()
+            };
+            replies.push(self.segment(
+                frame,
+                isn,
+                conn.rcv_nxt,
+                u16::MAX,
+                TcpFlags::SYN | TcpFlags::ACK,
+                options,
+                &[],
+            ));
             self.conns.insert(key, conn);
             self.stats.opened += 1;
             return;
@@ -127,19 +144,46 @@ impl EchoResponder {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
+        if tcp.flags.contains(TcpFlags::ACK) {
+            let right = tcp.ack_number + usize::from(tcp.window_len);
+            if right > conn.snd_wnd_right {
+                conn.snd_wnd_right = right;
+            }
+        }
         let mut echo: &[u8] = &[];
         let mut fin = false;
-        if tcp.seq_number == conn.rcv_nxt {
-            conn.rcv_nxt = conn.rcv_nxt + tcp.payload.len();
+        // Accept (and so acknowledge) only what can be echoed inside the
+        // client's window: no retransmission here, so nothing may be sent
+        // that the client would have to discard. Refused data comes again.
+        let fits = conn.snd_nxt + tcp.payload.len() <= conn.snd_wnd_right;
+        if tcp.seq_number == conn.rcv_nxt && fits {
+            conn.rcv_nxt += tcp.payload.len();
             echo = tcp.payload;
             if tcp.flags.contains(TcpFlags::FIN) {
-                conn.rcv_nxt = conn.rcv_nxt + 1;
+                conn.rcv_nxt += 1;
                 fin = true;
             }
         }
         let (snd_nxt, rcv_nxt) = (conn.snd_nxt, conn.rcv_nxt);
+        // Offer only as much as the client can take back: what it sends is
+        // echoed, so our receive window is the room left in its window.
+        let room = (conn.snd_wnd_right - (snd_nxt + echo.len())).clamp(0, i32::from(u16::MAX));
+        let window = room as u16;
+        let window_update = echo.is_empty()
+            && tcp.payload.is_empty()
+            && conn.adv_window < 2 * ECHO_MSS
+            && window >= 2 * ECHO_MSS;
+        conn.adv_window = window;
         if !echo.is_empty() {
-            let segment = self.segment(frame, snd_nxt, rcv_nxt, TcpFlags::ACK | TcpFlags::PSH, TcpOptions::default(), echo);
+            let segment = self.segment(
+                frame,
+                snd_nxt,
+                rcv_nxt,
+                window,
+                TcpFlags::ACK | TcpFlags::PSH,
+                TcpOptions::default(),
+                echo,
+            );
             replies.push(segment);
             self.stats.echoed_bytes += echo.len() as u64;
         }
@@ -147,12 +191,20 @@ impl EchoResponder {
             Some(c) => c,
             None => return,
         };
-        conn.snd_nxt = conn.snd_nxt + echo.len();
+        conn.snd_nxt += echo.len();
         if fin && !conn.fin_sent {
             conn.fin_sent = true;
             let (seq, ack) = (conn.snd_nxt, conn.rcv_nxt);
-            conn.snd_nxt = conn.snd_nxt + 1;
-            replies.push(self.segment(frame, seq, ack, TcpFlags::FIN | TcpFlags::ACK, TcpOptions::default(), &[]));
+            conn.snd_nxt += 1;
+            replies.push(self.segment(
+                frame,
+                seq,
+                ack,
+                window,
+                TcpFlags::FIN | TcpFlags::ACK,
+                TcpOptions::default(),
+                &[],
+            ));
             self.stats.closed += 1;
             return;
         }
@@ -160,18 +212,29 @@ impl EchoResponder {
             self.conns.remove(&key);
             return;
         }
-        if echo.is_empty() && !tcp.payload.is_empty() {
-            // Out of order or a retransmission: say where we are.
-            replies.push(self.segment(frame, snd_nxt, rcv_nxt, TcpFlags::ACK, TcpOptions::default(), &[]));
+        if (echo.is_empty() && !tcp.payload.is_empty()) || window_update {
+            // Out of order, a retransmission, or room again after a small
+            // window: say where we are.
+            replies.push(self.segment(
+                frame,
+                snd_nxt,
+                rcv_nxt,
+                window,
+                TcpFlags::ACK,
+                TcpOptions::default(),
+                &[],
+            ));
         }
     }
 
     /// A reply to `to`, addresses and ports swapped.
+    #[allow(clippy::too_many_arguments)]
     fn segment(
         &self,
         to: &TcpFrame<'_>,
         seq: SeqNumber,
         ack: SeqNumber,
+        window: u16,
         flags: TcpFlags,
         options: TcpOptions,
         payload: &[u8],
@@ -197,7 +260,7 @@ impl EchoResponder {
                 seq_number: seq,
                 ack_number: ack,
                 flags,
-                window_len: 65535,
+                window_len: window,
                 options,
                 payload,
             },

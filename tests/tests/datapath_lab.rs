@@ -15,7 +15,11 @@ fn kernel_client_talks_to_userspace_through_af_xdp() {
 
     // Capture in the client namespace: what the client's kernel really got.
     let mut capture = lab
-        .spawn(Node::Client, "tcpdump", &["-l", "-n", "-i", "eth0", "tcp", "port", "443"])
+        .spawn(
+            Node::Client,
+            "tcpdump",
+            &["-l", "-n", "-i", "eth0", "tcp", "port", "443"],
+        )
         .expect("start tcpdump");
     let stderr = capture.stderr.take().expect("tcpdump stderr");
     let (listening_tx, listening_rx) = mpsc::channel();
@@ -26,29 +30,52 @@ fn kernel_client_talks_to_userspace_through_af_xdp() {
             }
         }
     });
-    listening_rx.recv_timeout(Duration::from_secs(20)).expect("tcpdump listening within 20 s");
+    listening_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("tcpdump listening within 20 s");
 
-    let report = echo::run_echo_exchange(&lab, 1 << 20, Duration::from_secs(60)).expect("echo exchange");
+    let report =
+        echo::run_echo_exchange(&lab, 1 << 20, Duration::from_secs(60)).expect("echo exchange");
 
     run("kill", &["-TERM", &capture.id().to_string()]).expect("stop tcpdump");
     let out = capture.wait_with_output().expect("tcpdump output");
-    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
 
     assert_eq!(report.received_bytes, report.bytes);
-    assert_eq!(report.received_sha256, report.sent_sha256, "echo must be byte-exact");
+    assert_eq!(
+        report.received_sha256, report.sent_sha256,
+        "echo must be byte-exact"
+    );
     assert_eq!(report.responder.opened, 1, "{:?}", report.responder);
     assert_eq!(report.responder.closed, 1, "{:?}", report.responder);
     assert_eq!(report.responder.malformed, 0, "{:?}", report.responder);
 
     // Every frame of the flow went through the steer program to userspace.
-    assert!(report.verdicts.get(Verdict::Redirect) >= report.responder.frames_in, "{:?}", report.verdicts);
+    assert!(
+        report.verdicts.get(Verdict::Redirect) >= report.responder.frames_in,
+        "{:?}",
+        report.verdicts
+    );
     assert_eq!(report.verdicts.get(Verdict::DropNoWorker), 0);
     assert_eq!(report.verdicts.get(Verdict::DropMalformed), 0);
 
     // relay-a's kernel TCP never saw a segment and never sent a reset.
-    for counter in ["InSegs", "OutRsts", "PassiveOpens", "AttemptFails", "EstabResets", "InErrs"] {
+    for counter in [
+        "InSegs",
+        "OutRsts",
+        "PassiveOpens",
+        "AttemptFails",
+        "EstabResets",
+        "InErrs",
+    ] {
         assert!(
-            !report.relay_kernel_tcp_delta.iter().any(|(name, _)| name == counter),
+            !report
+                .relay_kernel_tcp_delta
+                .iter()
+                .any(|(name, _)| name == counter),
             "relay-a kernel counter {counter} moved: {:?}",
             report.relay_kernel_tcp_delta
         );
@@ -57,7 +84,9 @@ fn kernel_client_talks_to_userspace_through_af_xdp() {
     // The client saw our SYN-ACK and no reset from anyone.
     let vip = format!("{}.{} >", relay_lab::addr::VIP, relay_lab::addr::VIP_PORT);
     assert!(
-        lines.iter().any(|l| l.contains(&vip) && l.contains("Flags [S.]")),
+        lines
+            .iter()
+            .any(|l| l.contains(&vip) && l.contains("Flags [S.]")),
         "no SYN-ACK from the VIP in the capture:\n{}",
         lines.join("\n")
     );

@@ -25,7 +25,8 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let ns = Netns::with_veth(&unique_prefix("steer"), "xa", "xb").expect("namespace with veth (run as root)");
+        let ns = Netns::with_veth(&unique_prefix("steer"), "xa", "xb")
+            .expect("namespace with veth (run as root)");
         let enter = NetnsGuard::enter(ns.name()).expect("enter namespace");
         let mut steer = SteerProgram::load().expect("load steer program");
         steer
@@ -35,14 +36,26 @@ impl Fixture {
             )])
             .expect("services");
         steer
-            .set_config(SteerConfig::new(addr::BACK_SHARED.octets(), addr::BACK_PORT_FIRST, addr::BACK_PORT_LAST, true))
+            .set_config(SteerConfig::new(
+                addr::BACK_SHARED.octets(),
+                addr::BACK_PORT_FIRST,
+                addr::BACK_PORT_LAST,
+                true,
+            ))
             .expect("config");
         let mut config = AfXdpConfig::new("xa", 0);
         config.frame_count = 256;
         config.ring_size = 64;
         let device = AfXdpDevice::open(&config).expect("AF_XDP socket on xa queue 0");
-        steer.register_socket(0, &device.socket_fd()).expect("register socket");
-        Fixture { device: Some(device), steer, _enter: enter, _ns: ns }
+        steer
+            .register_socket(0, &device.socket_fd())
+            .expect("register socket");
+        Fixture {
+            device: Some(device),
+            steer,
+            _enter: enter,
+            _ns: ns,
+        }
     }
 
     /// Runs `frame` and returns (action, counter deltas).
@@ -59,7 +72,11 @@ impl Fixture {
         assert_eq!(got, action, "action for {verdict:?} frame");
         for v in Verdict::ALL {
             let want = u64::from(v == verdict);
-            assert_eq!(delta.get(v), want, "counter {v:?} after a {verdict:?} frame");
+            assert_eq!(
+                delta.get(v),
+                want,
+                "counter {v:?} after a {verdict:?} frame"
+            );
         }
     }
 }
@@ -111,10 +128,31 @@ const IP: usize = 14;
 #[test]
 fn service_and_back_side_packets_are_redirected() {
     let f = Fixture::new();
-    f.expect(&syn_to(addr::VIP, addr::VIP_PORT), xdp_action::REDIRECT, Verdict::Redirect);
-    f.expect(&tcp_to(addr::VIP, addr::VIP_PORT, TcpFlags::ACK | TcpFlags::PSH, b"hello"), xdp_action::REDIRECT, Verdict::Redirect);
-    f.expect(&syn_to(addr::BACK_SHARED, addr::BACK_PORT_FIRST), xdp_action::REDIRECT, Verdict::Redirect);
-    f.expect(&syn_to(addr::BACK_SHARED, addr::BACK_PORT_LAST), xdp_action::REDIRECT, Verdict::Redirect);
+    f.expect(
+        &syn_to(addr::VIP, addr::VIP_PORT),
+        xdp_action::REDIRECT,
+        Verdict::Redirect,
+    );
+    f.expect(
+        &tcp_to(
+            addr::VIP,
+            addr::VIP_PORT,
+            TcpFlags::ACK | TcpFlags::PSH,
+            b"hello",
+        ),
+        xdp_action::REDIRECT,
+        Verdict::Redirect,
+    );
+    f.expect(
+        &syn_to(addr::BACK_SHARED, addr::BACK_PORT_FIRST),
+        xdp_action::REDIRECT,
+        Verdict::Redirect,
+    );
+    f.expect(
+        &syn_to(addr::BACK_SHARED, addr::BACK_PORT_LAST),
+        xdp_action::REDIRECT,
+        Verdict::Redirect,
+    );
 }
 
 #[test]
@@ -123,7 +161,10 @@ fn everything_else_passes_to_the_kernel() {
     // ARP request for the VIP.
     let mut arp = vec![0xff; 6];
     arp.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x0a, 0x08, 0x06]);
-    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 0x0a, 10, 200, 1, 10, 0, 0, 0, 0, 0, 0, 10, 200, 1, 100]);
+    arp.extend_from_slice(&[
+        0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 0x0a, 10, 200, 1, 10, 0, 0, 0, 0, 0, 0, 10, 200, 1,
+        100,
+    ]);
     arp.resize(60, 0);
     f.expect(&arp, xdp_action::PASS, Verdict::PassNotIpv4);
     // IPv6 ethertype.
@@ -135,12 +176,36 @@ fn everything_else_passes_to_the_kernel() {
     udp[IP + 9] = 17;
     f.expect(&udp, xdp_action::PASS, Verdict::PassNotTcp);
     // Other ports of the VIP, other addresses, back side outside the range.
-    f.expect(&syn_to(addr::VIP, 80), xdp_action::PASS, Verdict::PassNotSteered);
-    f.expect(&syn_to(addr::RELAY_A_FRONT, 22), xdp_action::PASS, Verdict::PassNotSteered);
-    f.expect(&syn_to(addr::RELAY_A_FRONT, addr::VIP_PORT), xdp_action::PASS, Verdict::PassNotSteered);
-    f.expect(&syn_to(addr::BACK_SHARED, addr::BACK_PORT_FIRST - 1), xdp_action::PASS, Verdict::PassNotSteered);
-    f.expect(&syn_to(addr::BACK_SHARED, addr::BACK_PORT_LAST + 1), xdp_action::PASS, Verdict::PassNotSteered);
-    f.expect(&syn_to(addr::BACKPLANE_B, 7000), xdp_action::PASS, Verdict::PassNotSteered);
+    f.expect(
+        &syn_to(addr::VIP, 80),
+        xdp_action::PASS,
+        Verdict::PassNotSteered,
+    );
+    f.expect(
+        &syn_to(addr::RELAY_A_FRONT, 22),
+        xdp_action::PASS,
+        Verdict::PassNotSteered,
+    );
+    f.expect(
+        &syn_to(addr::RELAY_A_FRONT, addr::VIP_PORT),
+        xdp_action::PASS,
+        Verdict::PassNotSteered,
+    );
+    f.expect(
+        &syn_to(addr::BACK_SHARED, addr::BACK_PORT_FIRST - 1),
+        xdp_action::PASS,
+        Verdict::PassNotSteered,
+    );
+    f.expect(
+        &syn_to(addr::BACK_SHARED, addr::BACK_PORT_LAST + 1),
+        xdp_action::PASS,
+        Verdict::PassNotSteered,
+    );
+    f.expect(
+        &syn_to(addr::BACKPLANE_B, 7000),
+        xdp_action::PASS,
+        Verdict::PassNotSteered,
+    );
 }
 
 #[test]
@@ -149,9 +214,17 @@ fn steered_packets_without_a_live_worker_are_dropped() {
     let syn = syn_to(addr::VIP, addr::VIP_PORT);
     f.steer.set_workers_alive(false).expect("mark dead");
     f.expect(&syn, xdp_action::DROP, Verdict::DropNoWorker);
-    f.expect(&syn_to(addr::BACK_SHARED, 45000), xdp_action::DROP, Verdict::DropNoWorker);
+    f.expect(
+        &syn_to(addr::BACK_SHARED, 45000),
+        xdp_action::DROP,
+        Verdict::DropNoWorker,
+    );
     // Traffic that is not steered is unaffected.
-    f.expect(&syn_to(addr::VIP, 80), xdp_action::PASS, Verdict::PassNotSteered);
+    f.expect(
+        &syn_to(addr::VIP, 80),
+        xdp_action::PASS,
+        Verdict::PassNotSteered,
+    );
     f.steer.set_workers_alive(true).expect("mark alive");
     f.expect(&syn, xdp_action::REDIRECT, Verdict::Redirect);
     // A worker that died: its socket closes and leaves the XSKMAP.
@@ -168,7 +241,11 @@ fn truncated_and_malformed_frames_are_counted() {
     // IPv4 header cut short.
     f.expect(&syn[..IP + 10], xdp_action::DROP, Verdict::DropMalformed);
     // IPv4 header complete, TCP header cut short.
-    f.expect(&syn[..IP + 20 + 10], xdp_action::DROP, Verdict::DropMalformed);
+    f.expect(
+        &syn[..IP + 20 + 10],
+        xdp_action::DROP,
+        Verdict::DropMalformed,
+    );
     // IHL below 5.
     let mut bad_ihl = syn.clone();
     bad_ihl[IP] = 0x44;
@@ -223,12 +300,18 @@ fn garbage_frames_get_a_verdict_and_a_count_each() {
         }
         let action = f.steer.test_run(&frame).expect("test run");
         assert!(
-            matches!(action, xdp_action::PASS | xdp_action::DROP | xdp_action::REDIRECT),
+            matches!(
+                action,
+                xdp_action::PASS | xdp_action::DROP | xdp_action::REDIRECT
+            ),
             "frame {i} got action {action}: {frame:02x?}"
         );
     }
     let delta = f.steer.verdicts().expect("counters").since(&before);
     let total: u64 = delta.0.iter().sum();
     assert_eq!(total, runs, "every run counted exactly once: {delta:?}");
-    assert!(delta.get(Verdict::DropMalformed) > 0 && delta.get(Verdict::PassNotIpv4) > 0, "{delta:?}");
+    assert!(
+        delta.get(Verdict::DropMalformed) > 0 && delta.get(Verdict::PassNotIpv4) > 0,
+        "{delta:?}"
+    );
 }

@@ -41,7 +41,9 @@ impl AfPacketDevice {
             )
         };
         if fd < 0 {
-            return Err(DeviceError::last_os(format!("AF_PACKET socket for {interface}")));
+            return Err(DeviceError::last_os(format!(
+                "AF_PACKET socket for {interface}"
+            )));
         }
         let device = AfPacketDevice {
             fd,
@@ -75,7 +77,9 @@ impl AfPacketDevice {
             )
         };
         if rc != 0 {
-            return Err(DeviceError::last_os(format!("AF_PACKET bind to {interface}")));
+            return Err(DeviceError::last_os(format!(
+                "AF_PACKET bind to {interface}"
+            )));
         }
         Ok(device)
     }
@@ -146,10 +150,7 @@ impl Device for AfPacketDevice {
         Ok(delivered)
     }
 
-    fn transmit(
-        &mut self,
-        build: &mut dyn FnMut(&mut [u8]) -> usize,
-    ) -> Result<bool, DeviceError> {
+    fn transmit(&mut self, build: &mut dyn FnMut(&mut [u8]) -> usize) -> Result<bool, DeviceError> {
         let len = build(&mut self.tx_buf).min(self.tx_buf.len());
         if len == 0 {
             return Ok(true);

@@ -17,6 +17,9 @@ use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, 
 
 use crate::{Device, DeviceError, DeviceStats, poll_fd};
 
+/// How long [`AfXdpDevice::open`] waits for a queue that a closing socket still holds.
+pub const BUSY_RETRY: Duration = Duration::from_secs(3);
+
 /// Settings of one AF_XDP socket.
 #[derive(Clone, Debug)]
 pub struct AfXdpConfig {
@@ -141,7 +144,10 @@ impl std::fmt::Debug for AfXdpDevice {
 
 fn xsk_err(what: &str, config: &AfXdpConfig, errno: xdpilone::Errno) -> DeviceError {
     DeviceError::errno(
-        format!("AF_XDP {what} on {} queue {}", config.interface, config.queue),
+        format!(
+            "AF_XDP {what} on {} queue {}",
+            config.interface, config.queue
+        ),
         errno.get_raw(),
     )
 }
@@ -150,7 +156,26 @@ impl AfXdpDevice {
     /// Creates the socket, registers the UMEM, fills the fill ring and binds
     /// to the interface queue. Register the socket with the steer program
     /// ([`crate::SteerProgram::register_socket`]) to start receiving.
+    ///
+    /// The kernel releases a closed socket's queue asynchronously, so a bind
+    /// that finds the queue busy is retried for up to [`BUSY_RETRY`].
     pub fn open(config: &AfXdpConfig) -> Result<AfXdpDevice, DeviceError> {
+        let deadline = std::time::Instant::now() + BUSY_RETRY;
+        loop {
+            match Self::open_once(config) {
+                Err(DeviceError::Syscall { call, source })
+                    if source.raw_os_error() == Some(libc::EBUSY)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(%call, "queue still held by a closing socket; retrying");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(config: &AfXdpConfig) -> Result<AfXdpDevice, DeviceError> {
         config.validate()?;
         crate::interface_index(&config.interface)?;
         let area = UmemArea::new(config.frame_count as usize * config.frame_size as usize)?;
@@ -192,13 +217,19 @@ impl AfXdpDevice {
                 },
             )
             .map_err(|e| xsk_err("rx/tx rings", config, e))?;
-        let rx = user.map_rx().map_err(|e| xsk_err("rx ring mmap", config, e))?;
-        let tx = user.map_tx().map_err(|e| xsk_err("tx ring mmap", config, e))?;
+        let rx = user
+            .map_rx()
+            .map_err(|e| xsk_err("rx ring mmap", config, e))?;
+        let tx = user
+            .map_tx()
+            .map_err(|e| xsk_err("tx ring mmap", config, e))?;
 
         let half = config.frame_count / 2;
         let frame = u64::from(config.frame_size);
         let rx_frames: Vec<u64> = (0..half).map(|i| u64::from(i) * frame).collect();
-        let tx_free: Vec<u64> = (half..config.frame_count).map(|i| u64::from(i) * frame).collect();
+        let tx_free: Vec<u64> = (half..config.frame_count)
+            .map(|i| u64::from(i) * frame)
+            .collect();
         {
             let mut writer = fill_completion.fill(config.ring_size);
             let filled = writer.insert(rx_frames.iter().copied());
@@ -327,10 +358,7 @@ impl Device for AfXdpDevice {
         }
     }
 
-    fn transmit(
-        &mut self,
-        build: &mut dyn FnMut(&mut [u8]) -> usize,
-    ) -> Result<bool, DeviceError> {
+    fn transmit(&mut self, build: &mut dyn FnMut(&mut [u8]) -> usize) -> Result<bool, DeviceError> {
         if self.tx_free.is_empty() {
             self.reclaim_completions();
         }

@@ -41,8 +41,7 @@ pub trait Device {
     /// [`max_frame_len`](Device::max_frame_len) bytes and returns the frame
     /// length (0 = nothing to send). Returns `Ok(false)` without calling
     /// `build` when no transmit buffer is free: back-pressure, try after a flush.
-    fn transmit(&mut self, build: &mut dyn FnMut(&mut [u8]) -> usize)
-    -> Result<bool, DeviceError>;
+    fn transmit(&mut self, build: &mut dyn FnMut(&mut [u8]) -> usize) -> Result<bool, DeviceError>;
 
     /// Hands queued frames to the kernel (one wakeup if any were queued) and
     /// reclaims completed transmit buffers.

@@ -18,7 +18,9 @@ struct Queue {
 impl Queue {
     fn lock(&self) -> MutexGuard<'_, VecDeque<Vec<u8>>> {
         // A panic in another test thread must not cascade into this one.
-        self.frames.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.frames
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 }
 
@@ -77,10 +79,7 @@ impl Device for MemoryDevice {
         Ok(taken.len())
     }
 
-    fn transmit(
-        &mut self,
-        build: &mut dyn FnMut(&mut [u8]) -> usize,
-    ) -> Result<bool, DeviceError> {
+    fn transmit(&mut self, build: &mut dyn FnMut(&mut [u8]) -> usize) -> Result<bool, DeviceError> {
         let mut buf = vec![0u8; MEMORY_MAX_FRAME];
         let len = build(&mut buf).min(MEMORY_MAX_FRAME);
         if len == 0 {
@@ -148,6 +147,9 @@ mod tests {
     fn oversized_send_is_an_error() {
         let (mut a, _b) = MemoryDevice::pair(1);
         let big = vec![0u8; MEMORY_MAX_FRAME + 1];
-        assert!(matches!(a.send(&big), Err(DeviceError::FrameTooLong { .. })));
+        assert!(matches!(
+            a.send(&big),
+            Err(DeviceError::FrameTooLong { .. })
+        ));
     }
 }

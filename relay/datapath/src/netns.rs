@@ -24,8 +24,8 @@ pub struct NetnsGuard {
 impl NetnsGuard {
     /// Moves the calling thread into the network namespace `name`.
     pub fn enter(name: &str) -> Result<NetnsGuard, DeviceError> {
-        let original = File::open(current_thread_netns())
-            .map_err(|source| DeviceError::Syscall {
+        let original =
+            File::open(current_thread_netns()).map_err(|source| DeviceError::Syscall {
                 call: "open current network namespace".into(),
                 source,
             })?;

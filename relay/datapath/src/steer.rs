@@ -142,7 +142,10 @@ impl SteerProgram {
     }
 
     /// Replaces the set of front-side services with `services`.
-    pub fn set_services(&mut self, services: &[(ServiceKey, ServiceValue)]) -> Result<(), DeviceError> {
+    pub fn set_services(
+        &mut self,
+        services: &[(ServiceKey, ServiceValue)],
+    ) -> Result<(), DeviceError> {
         let mut map: HashMap<&mut MapData, PodServiceKey, PodServiceValue> = HashMap::try_from(
             self.ebpf
                 .map_mut(map_name::SERVICES)
@@ -155,7 +158,8 @@ impl SteerProgram {
             .filter(|k| !services.iter().any(|(s, _)| s == &k.0))
             .collect();
         for key in stale {
-            map.remove(&key).map_err(|e| steer_err("removing a service", e))?;
+            map.remove(&key)
+                .map_err(|e| steer_err("removing a service", e))?;
         }
         for (key, value) in services {
             map.insert(PodServiceKey(*key), PodServiceValue(*value), 0)
@@ -197,7 +201,11 @@ impl SteerProgram {
     }
 
     /// Routes packets of rx queue `queue` to the AF_XDP socket `socket`.
-    pub fn register_socket(&mut self, queue: u32, socket: &impl AsRawFd) -> Result<(), DeviceError> {
+    pub fn register_socket(
+        &mut self,
+        queue: u32,
+        socket: &impl AsRawFd,
+    ) -> Result<(), DeviceError> {
         let mut map: XskMap<&mut MapData> = XskMap::try_from(
             self.ebpf
                 .map_mut(map_name::XSKS)
