@@ -259,10 +259,65 @@ fn test(fuzz_seconds: u64) -> Result<()> {
         ],
     )?;
     step("cargo test (unit, BPF verdict and lab tests; needs root)");
-    sh("cargo", &["test", "--workspace"])?;
+    let mut totals = TestTotals::default();
+    cargo_test(&root(), &["test", "--workspace"], &mut totals)?;
     if fuzz_seconds > 0 {
         fuzz(fuzz_seconds)?;
     }
+    println!(
+        "\nall tests: {} passed, {} failed",
+        totals.passed, totals.failed
+    );
+    Ok(())
+}
+
+#[derive(Default)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs `cargo <args>` in `dir`, echoing its output and adding up the
+/// `test result:` lines, so the run ends with one total line.
+fn cargo_test(dir: &Path, args: &[&str], totals: &mut TestTotals) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let started = Instant::now();
+    let mut child = Command::new("cargo")
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("could not start cargo")?;
+    let stdout = child.stdout.take().context("cargo stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(label), Some(count)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let Ok(count) = count.parse::<u64>() else {
+                    continue;
+                };
+                match label {
+                    "passed" => totals.passed += count,
+                    "failed" => totals.failed += count,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo")?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    println!(
+        "    (cargo {} took {:.1} s)",
+        args.join(" "),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
