@@ -111,3 +111,20 @@ fn bad_device_settings_are_errors_not_panics() {
     // veth has one rx queue: queue 5 does not exist.
     assert!(AfXdpDevice::open(&AfXdpConfig::new("ca", 5)).is_err());
 }
+
+#[test]
+fn neighbour_resolution_asks_the_kernel() {
+    use relay_lab::{Lab, Node, addr};
+    use std::net::Ipv4Addr;
+    let lab = Lab::up(&unique_prefix("arp")).expect("lab up (run as root)");
+    let client_mac = lab.mac(Node::Client, "eth0").expect("client MAC");
+    let _enter = NetnsGuard::enter(&lab.ns(Node::RelayA)).expect("enter relay-a");
+    let mac = relay_datapath::neighbour::resolve(addr::CLIENT, Duration::from_secs(5))
+        .expect("resolve the client");
+    assert_eq!(mac, client_mac);
+    let nobody = Ipv4Addr::new(10, 200, 1, 77);
+    assert!(
+        relay_datapath::neighbour::resolve(nobody, Duration::from_millis(600)).is_err(),
+        "nobody owns {nobody}"
+    );
+}

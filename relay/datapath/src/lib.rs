@@ -15,6 +15,7 @@
 pub mod afpacket;
 pub mod afxdp;
 pub mod memory;
+pub mod neighbour;
 pub mod netns;
 pub mod steer;
 
