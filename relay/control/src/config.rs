@@ -1,0 +1,610 @@
+//! The relay's configuration: one TOML file.
+//!
+//! Unknown fields are errors (a typo must not silently fall back to a
+//! default). [`Config::parse`] reports syntax and type errors with the line;
+//! [`Config::validate`] checks what types cannot (ranges, duplicates,
+//! references) and names the offending field, e.g. `service[1].backends`.
+//!
+//! ```toml
+//! name = "relay-a"
+//! admin_addr = "127.0.0.1:9100"
+//!
+//! [front]
+//! interface = "front"
+//!
+//! [back]
+//! interface = "back"
+//! address = "10.200.2.100"
+//! ports = "40000-49999"
+//!
+//! [[service]]
+//! name = "web"
+//! vip = "10.200.1.100"
+//! backends = ["10.200.2.10:8080"]
+//! [[service.certificate]]
+//! cert = "/etc/relay/web.crt"
+//! key = "/etc/relay/web.key"
+//! ```
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer};
+
+/// Where the control socket lives unless the configuration says otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/relay/relay.sock";
+
+/// What is wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a value of the wrong type, or an unknown field.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        column: usize,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value that parses but cannot work.
+    #[error("{path}: {field}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted path of the field, e.g. `service[0].backends`.
+        field: String,
+        /// What is wrong and what would be right.
+        reason: String,
+    },
+}
+
+/// The whole configuration of one relay.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This relay's name: in logs, metrics and (later) to its peers.
+    pub name: String,
+    /// Unix socket the CLI talks to.
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
+    /// Address of the admin HTTP endpoint (`/metrics`).
+    pub admin_addr: SocketAddr,
+    /// Capacity limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The client-facing interface.
+    pub front: Front,
+    /// The backend-facing interface.
+    pub back: Back,
+    /// The services this relay terminates TLS for (at least one).
+    #[serde(rename = "service", default)]
+    pub services: Vec<Service>,
+}
+
+/// Capacity limits.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Flows across all workers; new flows beyond it are refused (RST).
+    pub max_flows: u32,
+    /// Buffer bytes one flow may hold (both directions together).
+    pub max_flow_memory: u32,
+    /// A client that has not finished its handshake by then is dropped.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_flows: 100_000,
+            max_flow_memory: 1 << 20,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// How the steer program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdpMode {
+    /// Native XDP in the driver.
+    #[default]
+    Driver,
+    /// Generic XDP (any interface, slower).
+    Skb,
+}
+
+/// The client-facing interface.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Front {
+    /// Interface name.
+    pub interface: String,
+    /// Rx queues served, one worker each.
+    #[serde(default = "default_queues")]
+    pub queues: Vec<u32>,
+    /// XDP attach mode.
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+}
+
+/// The backend-facing interface.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Back {
+    /// Interface name.
+    pub interface: String,
+    /// Address relayed connections leave from.
+    pub address: Ipv4Addr,
+    /// Local ports of relayed connections, e.g. `"40000-49999"`.
+    pub ports: PortRange,
+    /// Rx queues served, one worker each.
+    #[serde(default = "default_queues")]
+    pub queues: Vec<u32>,
+}
+
+/// An inclusive port range written `"first-last"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port.
+    pub first: u16,
+    /// Last port, inclusive.
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Number of ports in the range.
+    pub fn len(&self) -> u32 {
+        u32::from(self.last).saturating_sub(u32::from(self.first)) + 1
+    }
+
+    /// Never true for a parsed range (first <= last); here for clippy's sake.
+    pub fn is_empty(&self) -> bool {
+        self.last < self.first
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("expected \"first-last\", got {s:?}"))?;
+        let first: u16 = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad first port {a:?}"))?;
+        let last: u16 = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad last port {b:?}"))?;
+        if first == 0 || first > last {
+            return Err(format!("range {s:?} must satisfy 1 <= first <= last"));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How a service picks a backend for a new flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// In turn.
+    #[default]
+    RoundRobin,
+    /// The healthy backend with the fewest flows.
+    LeastConnections,
+}
+
+/// One service: a VIP and port, its certificates and its backends.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Name, in metrics and logs.
+    pub name: String,
+    /// The address clients connect to.
+    pub vip: Ipv4Addr,
+    /// The port clients connect to.
+    #[serde(default = "default_tls_port")]
+    pub port: u16,
+    /// Certificates, chosen by SNI; the first is the default.
+    #[serde(rename = "certificate", default)]
+    pub certificates: Vec<Certificate>,
+    /// ALPN protocols offered, in preference order (empty: no ALPN).
+    #[serde(default)]
+    pub alpn: Vec<String>,
+    /// Backend servers (plain TCP).
+    pub backends: Vec<SocketAddrV4>,
+    /// Backend choice.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Active TCP health checks of the backends.
+    #[serde(default)]
+    pub health_check: HealthCheck,
+}
+
+/// A certificate chain and its key, in PEM files.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    /// The chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (ECDSA P-256 or RSA).
+    pub key: PathBuf,
+    /// SNI names this certificate answers (empty: only as the default).
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+/// Active TCP health checks.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheck {
+    /// Time between checks of one backend.
+    pub interval_ms: u64,
+    /// A connect that takes longer failed.
+    pub timeout_ms: u64,
+    /// Consecutive successes before a down backend is up.
+    pub rise: u32,
+    /// Consecutive failures before an up backend is down.
+    pub fall: u32,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            interval_ms: 1000,
+            timeout_ms: 500,
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+fn default_control_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_CONTROL_SOCKET)
+}
+
+fn default_queues() -> Vec<u32> {
+    vec![0]
+}
+
+fn default_tls_port() -> u16 {
+    443
+}
+
+/// 1-based (line, column) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+impl Config {
+    /// Reads and parses `path` (no validation).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses `text`; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let (line, column) = e
+                .span()
+                .map_or((0, 0), |span| line_column(text, span.start));
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })
+    }
+
+    /// Checks what parsing cannot: non-empty names, unique services,
+    /// backends present, sane limits and timers. `check_files` also requires
+    /// the certificate and key files to exist (for `relay run --check`).
+    pub fn validate(&self, path: &Path, check_files: bool) -> Result<(), ConfigError> {
+        let invalid = |field: String, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            reason,
+        };
+        if self.name.trim().is_empty() {
+            return Err(invalid("name".into(), "must not be empty".into()));
+        }
+        if self.limits.max_flows == 0 {
+            return Err(invalid(
+                "limits.max_flows".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.limits.max_flow_memory < 64 * 1024 {
+            return Err(invalid(
+                "limits.max_flow_memory".into(),
+                "must be at least 65536 bytes (a TLS record each way)".into(),
+            ));
+        }
+        if self.limits.handshake_timeout_ms == 0 {
+            return Err(invalid(
+                "limits.handshake_timeout_ms".into(),
+                "must be positive".into(),
+            ));
+        }
+        for (field, interface, queues) in [
+            ("front", &self.front.interface, &self.front.queues),
+            ("back", &self.back.interface, &self.back.queues),
+        ] {
+            if interface.is_empty() || interface.len() > 15 {
+                return Err(invalid(
+                    format!("{field}.interface"),
+                    "must be 1 to 15 characters".into(),
+                ));
+            }
+            let unique: HashSet<_> = queues.iter().collect();
+            if queues.is_empty() || unique.len() != queues.len() {
+                return Err(invalid(
+                    format!("{field}.queues"),
+                    "must list each queue once, at least one".into(),
+                ));
+            }
+        }
+        if self.services.is_empty() {
+            return Err(invalid(
+                "service".into(),
+                "at least one [[service]] is required".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut endpoints = HashSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let at = |f: &str| format!("service[{i}].{f}");
+            if s.name.trim().is_empty() {
+                return Err(invalid(at("name"), "must not be empty".into()));
+            }
+            if !names.insert(s.name.as_str()) {
+                return Err(invalid(
+                    at("name"),
+                    format!("{:?} is used by an earlier service", s.name),
+                ));
+            }
+            if !endpoints.insert((s.vip, s.port)) {
+                return Err(invalid(
+                    at("vip"),
+                    format!("{}:{} is used by an earlier service", s.vip, s.port),
+                ));
+            }
+            if s.port == 0 {
+                return Err(invalid(at("port"), "must be 1-65535".into()));
+            }
+            if s.certificates.is_empty() {
+                return Err(invalid(
+                    at("certificate"),
+                    "at least one [[service.certificate]] is required".into(),
+                ));
+            }
+            if s.backends.is_empty() {
+                return Err(invalid(
+                    at("backends"),
+                    "at least one backend is required".into(),
+                ));
+            }
+            if let Some(b) = s.backends.iter().find(|b| b.port() == 0) {
+                return Err(invalid(at("backends"), format!("{b} has port 0")));
+            }
+            let hc = &s.health_check;
+            if hc.interval_ms == 0 || hc.timeout_ms == 0 || hc.timeout_ms > hc.interval_ms {
+                return Err(invalid(
+                    at("health_check"),
+                    "interval_ms and timeout_ms must be positive and timeout_ms <= interval_ms"
+                        .into(),
+                ));
+            }
+            if hc.rise == 0 || hc.fall == 0 {
+                return Err(invalid(
+                    at("health_check"),
+                    "rise and fall must be at least 1".into(),
+                ));
+            }
+            if s.alpn.iter().any(|p| p.is_empty() || p.len() > 255) {
+                return Err(invalid(
+                    at("alpn"),
+                    "protocol names are 1 to 255 bytes".into(),
+                ));
+            }
+            if check_files {
+                for (j, c) in s.certificates.iter().enumerate() {
+                    for (what, file) in [("cert", &c.cert), ("key", &c.key)] {
+                        if !file.is_file() {
+                            return Err(invalid(
+                                format!("service[{i}].certificate[{j}].{what}"),
+                                format!("{} is not a readable file", file.display()),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "relay-a"
+admin_addr = "127.0.0.1:9100"
+
+[front]
+interface = "front"
+
+[back]
+interface = "back"
+address = "10.200.2.100"
+ports = "40000-49999"
+
+[[service]]
+name = "web"
+vip = "10.200.1.100"
+backends = ["10.200.2.10:8080", "10.200.2.11:8080"]
+alpn = ["h2", "http/1.1"]
+balance = "least-connections"
+
+[[service.certificate]]
+cert = "web.crt"
+key = "web.key"
+server_names = ["www.example.test"]
+"#;
+
+    fn path() -> &'static Path {
+        Path::new("relay.toml")
+    }
+
+    #[test]
+    fn a_good_file_parses_with_defaults() {
+        let c = Config::parse(GOOD, path()).unwrap();
+        c.validate(path(), false).unwrap();
+        assert_eq!(c.services[0].port, 443);
+        assert_eq!(c.services[0].balance, Balance::LeastConnections);
+        assert_eq!(
+            c.back.ports,
+            PortRange {
+                first: 40000,
+                last: 49999
+            }
+        );
+        assert_eq!(c.back.ports.len(), 10000);
+        assert_eq!(c.front.queues, vec![0]);
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+    }
+
+    #[test]
+    fn unknown_fields_name_the_line() {
+        let text = GOOD.replace("backends =", "bakends =");
+        match Config::parse(&text, path()) {
+            Err(ConfigError::Parse { line, message, .. }) => {
+                assert_eq!(line, 16, "{message}");
+                assert!(message.contains("bakends"), "{message}");
+            }
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_name_the_line() {
+        let text = GOOD.replace("\"40000-49999\"", "\"50000-40000\"");
+        let err = Config::parse(&text, path()).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { line: 11, .. }), "{err}");
+        let text = GOOD.replace("10.200.1.100", "10.200.1.300");
+        let err = Config::parse(&text, path()).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { line: 15, .. }), "{err}");
+        assert!(err.to_string().starts_with("relay.toml:15:"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let cases = [
+            (
+                GOOD.replace(
+                    "backends = [\"10.200.2.10:8080\", \"10.200.2.11:8080\"]",
+                    "backends = []",
+                ),
+                "service[0].backends",
+            ),
+            (GOOD.replace("name = \"relay-a\"", "name = \"\""), "name"),
+            (
+                GOOD.replace(
+                    "interface = \"front\"",
+                    "interface = \"front\"\nqueues = [0, 0]",
+                ),
+                "front.queues",
+            ),
+            (
+                format!(
+                    "{GOOD}\n[[service]]\nname = \"web\"\nvip = \"10.200.1.101\"\nbackends = [\"10.200.2.10:1\"]\n[[service.certificate]]\ncert = \"a\"\nkey = \"b\"\n"
+                ),
+                "service[1].name",
+            ),
+            (
+                format!(
+                    "{GOOD}\n[[service]]\nname = \"two\"\nvip = \"10.200.1.100\"\nbackends = [\"10.200.2.10:1\"]\n[[service.certificate]]\ncert = \"a\"\nkey = \"b\"\n"
+                ),
+                "service[1].vip",
+            ),
+            (
+                GOOD.replace(
+                    "balance = \"least-connections\"",
+                    "health_check = { interval_ms = 100, timeout_ms = 500 }",
+                ),
+                "service[0].health_check",
+            ),
+        ];
+        for (text, field) in cases {
+            let c = Config::parse(&text, path()).unwrap();
+            match c.validate(path(), false) {
+                Err(ConfigError::Invalid { field: got, .. }) => assert_eq!(got, field),
+                other => panic!("expected {field} to be invalid, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn check_files_requires_certificates_on_disk() {
+        let c = Config::parse(GOOD, path()).unwrap();
+        let err = c.validate(path(), true).unwrap_err();
+        assert!(
+            err.to_string().contains("service[0].certificate[0].cert"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for text in [
+            "",
+            "[[[",
+            "name = 1",
+            "\u{0}",
+            "name = \"x\"\nadmin_addr = \"nope\"",
+        ] {
+            assert!(Config::parse(text, path()).is_err(), "{text:?}");
+        }
+    }
+}
