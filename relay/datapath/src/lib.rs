@@ -14,6 +14,7 @@
 
 pub mod afpacket;
 pub mod afxdp;
+pub mod impair;
 pub mod memory;
 pub mod neighbour;
 pub mod netns;
