@@ -341,11 +341,19 @@ fn fuzz(seconds: u64) -> Result<()> {
         println!("    installing cargo-fuzz from crates.io (once)");
         sh("cargo", &["install", "cargo-fuzz", "--locked"])?;
     }
-    let fuzz_dir = root().join("relay/wire/fuzz");
-    let targets = ["ethernet", "arp", "ipv4", "tcp", "tcp_frame"];
-    for (i, target) in targets.iter().enumerate() {
+    // (crate fuzz project, target): one target per parser that sees the network.
+    let targets = [
+        ("relay/wire/fuzz", "ethernet"),
+        ("relay/wire/fuzz", "arp"),
+        ("relay/wire/fuzz", "ipv4"),
+        ("relay/wire/fuzz", "tcp"),
+        ("relay/wire/fuzz", "tcp_frame"),
+        ("relay/tls/fuzz", "deframe"),
+        ("relay/tls/fuzz", "record_open"),
+    ];
+    for (i, (dir, target)) in targets.iter().enumerate() {
         step(&format!(
-            "fuzz {target} for {seconds} s ({}/{})",
+            "fuzz {dir} {target} for {seconds} s ({}/{})",
             i + 1,
             targets.len()
         ));
@@ -358,11 +366,11 @@ fn fuzz(seconds: u64) -> Result<()> {
                 "--",
                 &format!("-max_total_time={seconds}"),
             ])
-            .current_dir(&fuzz_dir)
+            .current_dir(root().join(dir))
             .status()
             .context("running cargo fuzz")?;
         if !status.success() {
-            bail!("fuzz target {target} failed: see relay/wire/fuzz/artifacts/{target}");
+            bail!("fuzz target {target} failed: see {dir}/artifacts/{target}");
         }
     }
     Ok(())
