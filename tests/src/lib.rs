@@ -22,6 +22,7 @@ pub mod addr;
 pub mod echo;
 pub mod netns;
 pub mod responder;
+pub mod tcp_host;
 
 pub use netns::Netns;
 

@@ -261,6 +261,12 @@ fn test(fuzz_seconds: u64) -> Result<()> {
     step("cargo test (unit, BPF verdict and lab tests; needs root)");
     let mut totals = TestTotals::default();
     cargo_test(&root(), &["test", "--workspace"], &mut totals)?;
+    step("TCP engine simulation at full size (64 MiB each way per run; release build)");
+    cargo_test(
+        &root(),
+        &["test", "--release", "-p", "relay-tcp", "--test", "sim"],
+        &mut totals,
+    )?;
     if fuzz_seconds > 0 {
         fuzz(fuzz_seconds)?;
     }
