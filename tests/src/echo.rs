@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use relay_common::{ServiceKey, ServiceValue, SteerConfig};
 use relay_datapath::steer::VerdictCounts;
 use relay_datapath::{
     AfXdpConfig, AfXdpDevice, AttachMode, Device, DeviceStats, SteerProgram, netns,
@@ -105,17 +104,7 @@ pub fn run_echo_exchange(
             move || -> Result<RelaySide, relay_datapath::DeviceError> {
                 let setup =
                     || -> Result<(SteerProgram, AfXdpDevice), relay_datapath::DeviceError> {
-                        let mut steer = SteerProgram::load()?;
-                        steer.set_services(&[(
-                            ServiceKey::new(addr::VIP.octets(), addr::VIP_PORT),
-                            ServiceValue { service_index: 0 },
-                        )])?;
-                        steer.set_config(SteerConfig::new(
-                            addr::BACK_SHARED.octets(),
-                            addr::BACK_PORT_FIRST,
-                            addr::BACK_PORT_LAST,
-                            true,
-                        ))?;
+                        let mut steer = crate::lab_steer_program()?;
                         steer.attach("front", AttachMode::Driver)?;
                         let device = AfXdpDevice::open(&AfXdpConfig::new("front", 0))?;
                         steer.register_socket(0, &device.socket_fd())?;

@@ -26,6 +26,25 @@ pub mod tcp_host;
 
 pub use netns::Netns;
 
+/// The steer program loaded with the lab's service (VIP:443) and back side
+/// (shared back address, ports 40000-49999), workers marked alive, not yet
+/// attached to any interface.
+pub fn lab_steer_program() -> Result<relay_datapath::SteerProgram, relay_datapath::DeviceError> {
+    use relay_common::{ServiceKey, ServiceValue, SteerConfig};
+    let mut steer = relay_datapath::SteerProgram::load()?;
+    steer.set_services(&[(
+        ServiceKey::new(addr::VIP.octets(), addr::VIP_PORT),
+        ServiceValue { service_index: 0 },
+    )])?;
+    steer.set_config(SteerConfig::new(
+        addr::BACK_SHARED.octets(),
+        addr::BACK_PORT_FIRST,
+        addr::BACK_PORT_LAST,
+        true,
+    ))?;
+    Ok(steer)
+}
+
 /// A machine of the lab.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Node {

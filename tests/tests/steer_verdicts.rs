@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 
-use relay_common::{ServiceKey, ServiceValue, SteerConfig, Verdict};
+use relay_common::Verdict;
 use relay_datapath::netns::NetnsGuard;
 use relay_datapath::steer::{VerdictCounts, xdp_action};
 use relay_datapath::{AfXdpConfig, AfXdpDevice, SteerProgram};
@@ -28,21 +28,7 @@ impl Fixture {
         let ns = Netns::with_veth(&unique_prefix("steer"), "xa", "xb")
             .expect("namespace with veth (run as root)");
         let enter = NetnsGuard::enter(ns.name()).expect("enter namespace");
-        let mut steer = SteerProgram::load().expect("load steer program");
-        steer
-            .set_services(&[(
-                ServiceKey::new(addr::VIP.octets(), addr::VIP_PORT),
-                ServiceValue { service_index: 0 },
-            )])
-            .expect("services");
-        steer
-            .set_config(SteerConfig::new(
-                addr::BACK_SHARED.octets(),
-                addr::BACK_PORT_FIRST,
-                addr::BACK_PORT_LAST,
-                true,
-            ))
-            .expect("config");
+        let mut steer = relay_lab::lab_steer_program().expect("load steer program");
         let mut config = AfXdpConfig::new("xa", 0);
         config.frame_count = 256;
         config.ring_size = 64;

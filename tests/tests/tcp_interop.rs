@@ -13,10 +13,9 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddrV4, TcpListener, TcpStream};
 use std::time::Duration;
 
-use relay_common::{ServiceKey, ServiceValue, SteerConfig};
 use relay_datapath::impair::{Impaired, Impairment};
 use relay_datapath::netns::{self, NetnsGuard};
-use relay_datapath::{AfXdpConfig, AfXdpDevice, AttachMode, SteerProgram, neighbour};
+use relay_datapath::{AfXdpConfig, AfXdpDevice, AttachMode, neighbour};
 use relay_lab::tcp_host::TcpHost;
 use relay_lab::{Lab, Node, addr, unique_prefix};
 use relay_tcp::{Checkpoint, Config, Connection, Event, FourTuple, IsnSecret, Listener, State};
@@ -193,21 +192,7 @@ fn run_exchange(side: Side, impairment: Option<Impairment>, migrate_half_way: bo
 
     // The engine, in relay-a.
     let _enter = NetnsGuard::enter(&lab.ns(Node::RelayA)).expect("enter relay-a");
-    let mut steer = SteerProgram::load().expect("steer program");
-    steer
-        .set_services(&[(
-            ServiceKey::new(addr::VIP.octets(), addr::VIP_PORT),
-            ServiceValue { service_index: 0 },
-        )])
-        .expect("services");
-    steer
-        .set_config(SteerConfig::new(
-            addr::BACK_SHARED.octets(),
-            addr::BACK_PORT_FIRST,
-            addr::BACK_PORT_LAST,
-            true,
-        ))
-        .expect("config");
+    let mut steer = relay_lab::lab_steer_program().expect("load steer program");
     steer.attach(iface, AttachMode::Driver).expect("attach");
     let device = AfXdpDevice::open(&AfXdpConfig::new(iface, 0)).expect("AF_XDP");
     steer
