@@ -126,6 +126,8 @@ pub struct AfXdpDevice {
     frame_size: u32,
     tx_free: Vec<u64>,
     rx_recycle: Vec<u64>,
+    /// Descriptors of the batch being delivered (kept to avoid a per-batch allocation).
+    rx_batch: Vec<XdpDesc>,
     tx_queued_since_kick: u32,
     stats: DeviceStats,
     interface: String,
@@ -254,6 +256,7 @@ impl AfXdpDevice {
             frame_size: config.frame_size,
             tx_free,
             rx_recycle,
+            rx_batch: Vec::with_capacity(config.ring_size as usize),
             tx_queued_since_kick: 0,
             stats: DeviceStats::default(),
             interface: config.interface.clone(),
@@ -325,7 +328,8 @@ impl Device for AfXdpDevice {
     ) -> Result<usize, DeviceError> {
         let frame_mask = !(u64::from(self.frame_size) - 1);
         let budget = budget.min(u32::MAX as usize) as u32;
-        let mut descs: Vec<XdpDesc> = Vec::new();
+        let mut descs = std::mem::take(&mut self.rx_batch);
+        descs.clear();
         {
             let mut reader = self.rx.receive(budget);
             while let Some(desc) = reader.read() {
@@ -351,6 +355,7 @@ impl Device for AfXdpDevice {
             }
             self.rx_recycle.push(desc.addr & frame_mask);
         }
+        self.rx_batch = descs;
         self.refill();
         match bad {
             Some(e) => Err(e),
