@@ -2,3 +2,4 @@
 //! namespace with a veth pair and removes it afterwards.
 
 pub mod datapath;
+pub mod tls_compare;
