@@ -60,6 +60,7 @@ pub use record::{
     ReadOutcome, ReadStatus, RecordLayer, SealOutcome, plan_records, record_wire_len,
 };
 pub use rustls::AlertDescription;
+pub use rustls::pki_types::UnixTime;
 pub use state::{Control, RecordState, TrafficState};
 pub use suite::{Aead, Suite, Version};
 

@@ -565,6 +565,16 @@ impl RecordLayer {
         }
     }
 
+    /// Queues a fatal alert (e.g. `internal_error` when the backend is gone
+    /// before any data could be relayed); the connection is dead once it is
+    /// sealed by [`Self::poll_transmit`].
+    pub fn send_alert(&mut self, desc: AlertDescription) {
+        let c = Control::Alert(desc);
+        if !self.state.failed && !self.state.sent_close_notify && !self.state.pending.contains(&c) {
+            self.push_control(c);
+        }
+    }
+
     fn check_writable(&self) -> Result<(), Error> {
         if self.state.failed {
             return Err(Error::Usage("connection has failed"));

@@ -1,0 +1,305 @@
+//! The flow checkpoint: everything an adopter needs, as plain data.
+//!
+//! See `docs/flow-design.md` for what each part is for. The encoding is
+//! `RFLW`, a version byte, then the fields in order, big-endian, each
+//! variable part length-prefixed. Decoding never panics: a peer that lies
+//! on the backplane gets a [`FlowError::Checkpoint`] naming the field.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use relay_tcp::Checkpoint;
+use relay_tls::TrafficState;
+
+use crate::error::FlowError;
+use crate::outbox::FlowId;
+
+const MAGIC: &[u8; 4] = b"RFLW";
+/// Encoding version of [`FlowCheckpoint::to_bytes`].
+pub const FLOW_CHECKPOINT_VERSION: u8 = 1;
+/// Largest partial record carried (a TLS record is at most 2^14 + 256 bytes
+/// of body plus a 5-byte header).
+pub const MAX_PARTIAL: usize = (1 << 14) + 256 + 5;
+/// Most planned batches a checkpoint may carry.
+pub const MAX_BATCHES: usize = 4096;
+
+/// Records planned together and committed before they were sealed: the
+/// adopter seals the same plaintext with `state_before` and `sizes` and gets
+/// the same bytes (AEAD nonces derive from the sequence number).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedBatch {
+    /// The write side (and control records owed) before the first record.
+    pub state_before: TrafficState,
+    /// Offset in the relay -> client stream of the batch's first byte.
+    pub client_off: u64,
+    /// Offset in the backend -> relay stream of its first plaintext byte.
+    pub plain_off: u64,
+    /// Plaintext size of each application-data record, in order.
+    pub sizes: Vec<u16>,
+    /// close_notify and FIN follow the batch (the backend closed).
+    pub close: bool,
+}
+
+impl PlannedBatch {
+    /// Plaintext bytes the batch covers.
+    pub fn plaintext_len(&self) -> u64 {
+        self.sizes.iter().map(|&s| u64::from(s)).sum()
+    }
+}
+
+/// What the flow is, for operators (`relay flows`) and for the adopter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowMeta {
+    /// Index of the service in the configuration.
+    pub service: u16,
+    /// The backend the flow talks to.
+    pub backend: SocketAddrV4,
+    /// SNI the client sent.
+    pub server_name: Option<String>,
+    /// ALPN protocol chosen.
+    pub alpn: Option<Vec<u8>>,
+    /// The TLS session was resumed.
+    pub resumed: bool,
+}
+
+/// A flow's state as of one commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowCheckpoint {
+    /// The flow.
+    pub id: FlowId,
+    /// Client connection. `rcv_rel` is the upstream release point and
+    /// `snd_una` the first byte of the first unacknowledged planned batch.
+    pub front: Checkpoint,
+    /// Backend connection. `rcv_rel` is the downstream release point and
+    /// `snd_una` the plaintext end of the last released client record.
+    pub back: Checkpoint,
+    /// Record protection: the read half as of the upstream release point,
+    /// the write half (and control records owed) after every planned batch.
+    pub traffic: TrafficState,
+    /// Client ciphertext past the last opened record, up to the release
+    /// point (a record the client has only partly sent).
+    pub partial: Vec<u8>,
+    /// Client stream offset of the upstream release point.
+    pub up_client_off: u64,
+    /// Backend-bound plaintext offset at the end of the last opened record.
+    pub up_plain_off: u64,
+    /// Client-bound stream offset of the first unacknowledged batch (or of
+    /// the end of the stream sent so far when every batch is acknowledged).
+    pub down_client_off: u64,
+    /// Backend plaintext offset matching `down_client_off`: the downstream
+    /// release point.
+    pub down_plain_off: u64,
+    /// Planned batches from `down_client_off` on, oldest first.
+    pub batches: Vec<PlannedBatch>,
+    /// Operator-facing facts.
+    pub meta: FlowMeta,
+}
+
+impl FlowCheckpoint {
+    /// Encodes the checkpoint.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(512 + self.partial.len());
+        out.extend_from_slice(MAGIC);
+        out.push(FLOW_CHECKPOINT_VERSION);
+        out.extend_from_slice(&self.id.0.to_be_bytes());
+        put_block(&mut out, &self.front.to_bytes());
+        put_block(&mut out, &self.back.to_bytes());
+        put_block(&mut out, &self.traffic.export());
+        put_block(&mut out, &self.partial);
+        for v in [
+            self.up_client_off,
+            self.up_plain_off,
+            self.down_client_off,
+            self.down_plain_off,
+        ] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        out.extend_from_slice(&(self.batches.len() as u32).to_be_bytes());
+        for b in &self.batches {
+            put_block(&mut out, &b.state_before.export());
+            out.extend_from_slice(&b.client_off.to_be_bytes());
+            out.extend_from_slice(&b.plain_off.to_be_bytes());
+            out.push(u8::from(b.close));
+            out.extend_from_slice(&(b.sizes.len() as u32).to_be_bytes());
+            for s in &b.sizes {
+                out.extend_from_slice(&s.to_be_bytes());
+            }
+        }
+        let m = &self.meta;
+        out.extend_from_slice(&m.service.to_be_bytes());
+        out.extend_from_slice(&m.backend.ip().octets());
+        out.extend_from_slice(&m.backend.port().to_be_bytes());
+        put_block(&mut out, m.server_name.as_deref().unwrap_or("").as_bytes());
+        out.push(u8::from(m.server_name.is_some()));
+        put_block(&mut out, m.alpn.as_deref().unwrap_or(&[]));
+        out.push(u8::from(m.alpn.is_some()));
+        out.push(u8::from(m.resumed));
+        out
+    }
+
+    /// Decodes and validates a checkpoint written by [`Self::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FlowError> {
+        let mut r = Reader(bytes);
+        if r.take(4, "magic")? != MAGIC {
+            return Err(FlowError::Checkpoint("magic"));
+        }
+        let version = r.u8("version")?;
+        if version != FLOW_CHECKPOINT_VERSION {
+            return Err(FlowError::Checkpoint("version"));
+        }
+        let id = FlowId(r.u64("id")?);
+        let front = Checkpoint::from_bytes(r.block("front")?)
+            .map_err(|_| FlowError::Checkpoint("front"))?;
+        let back =
+            Checkpoint::from_bytes(r.block("back")?).map_err(|_| FlowError::Checkpoint("back"))?;
+        let traffic = TrafficState::import(r.block("traffic")?)
+            .map_err(|_| FlowError::Checkpoint("traffic"))?;
+        let partial = r.block("partial")?.to_vec();
+        if partial.len() > MAX_PARTIAL {
+            return Err(FlowError::Checkpoint("partial"));
+        }
+        let up_client_off = r.u64("up_client_off")?;
+        let up_plain_off = r.u64("up_plain_off")?;
+        let down_client_off = r.u64("down_client_off")?;
+        let down_plain_off = r.u64("down_plain_off")?;
+        let n = r.u32("batches")? as usize;
+        if n > MAX_BATCHES {
+            return Err(FlowError::Checkpoint("batches"));
+        }
+        let mut batches = Vec::with_capacity(n);
+        for _ in 0..n {
+            let state_before = TrafficState::import(r.block("batch state")?)
+                .map_err(|_| FlowError::Checkpoint("batch state"))?;
+            if state_before.suite != traffic.suite {
+                return Err(FlowError::Checkpoint("batch suite"));
+            }
+            let client_off = r.u64("batch client_off")?;
+            let plain_off = r.u64("batch plain_off")?;
+            let close = r.bool("batch close")?;
+            let count = r.u32("batch sizes")? as usize;
+            if count > 64 {
+                return Err(FlowError::Checkpoint("batch sizes"));
+            }
+            let mut sizes = Vec::with_capacity(count);
+            for _ in 0..count {
+                let s = r.u16("batch size")?;
+                if s == 0 || s > 1 << 14 {
+                    return Err(FlowError::Checkpoint("batch size"));
+                }
+                sizes.push(s);
+            }
+            batches.push(PlannedBatch {
+                state_before,
+                client_off,
+                plain_off,
+                sizes,
+                close,
+            });
+        }
+        let service = r.u16("service")?;
+        let ip = r.take(4, "backend")?;
+        let ip = Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]);
+        let port = r.u16("backend port")?;
+        let sni = r.block("server_name")?;
+        let server_name = if r.bool("server_name flag")? {
+            Some(
+                String::from_utf8(sni.to_vec())
+                    .map_err(|_| FlowError::Checkpoint("server_name"))?,
+            )
+        } else {
+            None
+        };
+        let alpn = r.block("alpn")?.to_vec();
+        let alpn = r.bool("alpn flag")?.then_some(alpn);
+        let resumed = r.bool("resumed")?;
+        if !r.0.is_empty() {
+            return Err(FlowError::Checkpoint("trailing bytes"));
+        }
+        let ck = FlowCheckpoint {
+            id,
+            front,
+            back,
+            traffic,
+            partial,
+            up_client_off,
+            up_plain_off,
+            down_client_off,
+            down_plain_off,
+            batches,
+            meta: FlowMeta {
+                service,
+                backend: SocketAddrV4::new(ip, port),
+                server_name,
+                alpn,
+                resumed,
+            },
+        };
+        ck.validate()?;
+        Ok(ck)
+    }
+
+    /// Checks that the parts agree with each other.
+    pub fn validate(&self) -> Result<(), FlowError> {
+        if self.partial.len() > MAX_PARTIAL {
+            return Err(FlowError::Checkpoint("partial"));
+        }
+        if (self.partial.len() as u64) > self.up_client_off {
+            return Err(FlowError::Checkpoint("partial longer than the stream"));
+        }
+        let mut client = self.down_client_off;
+        let mut plain = self.down_plain_off;
+        for b in &self.batches {
+            if b.client_off < client || b.plain_off != plain {
+                return Err(FlowError::Checkpoint("batches out of order"));
+            }
+            client = b.client_off;
+            plain += b.plaintext_len();
+        }
+        Ok(())
+    }
+}
+
+fn put_block(out: &mut Vec<u8>, data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(data);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], FlowError> {
+        if self.0.len() < n {
+            return Err(FlowError::Checkpoint(what));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, FlowError> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn bool(&mut self, what: &'static str) -> Result<bool, FlowError> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(FlowError::Checkpoint(what)),
+        }
+    }
+    fn u16(&mut self, what: &'static str) -> Result<u16, FlowError> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, FlowError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64, FlowError> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn block(&mut self, what: &'static str) -> Result<&'a [u8], FlowError> {
+        let n = self.u32(what)? as usize;
+        self.take(n, what)
+    }
+}

@@ -1,0 +1,18 @@
+//! Errors of the flow layer.
+
+/// Why a flow operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    /// A checkpoint from the backplane does not decode or is inconsistent.
+    #[error("flow checkpoint: bad {0}")]
+    Checkpoint(&'static str),
+    /// The TCP engine refused (e.g. a checkpoint it cannot import).
+    #[error("tcp: {0}")]
+    Tcp(#[from] relay_tcp::Error),
+    /// The TLS layer refused.
+    #[error("tls: {0}")]
+    Tls(#[from] relay_tls::Error),
+    /// The caller used the flow out of order.
+    #[error("flow used out of order: {0}")]
+    Usage(&'static str),
+}

@@ -1,0 +1,69 @@
+//! Where commits go: the replication interface of DESIGN.md section 3.
+
+use std::collections::VecDeque;
+
+use crate::checkpoint::FlowCheckpoint;
+
+/// A flow's identity, unique within a cluster (the relay that opened the
+/// flow picks it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowId(pub u64);
+
+/// A commit's number within its flow: commits are numbered from 1 and
+/// acknowledged in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CommitNo(pub u64);
+
+/// Takes a flow's commits and acknowledges them once nobody can lose them.
+///
+/// The local implementation ([`LocalCommit`]) acknowledges at once; the
+/// cluster's acknowledges after a peer relay has stored the commit. An
+/// acknowledgement covers every earlier commit of the same flow.
+pub trait Outbox {
+    /// Queues commit `no` of flow `id`. The checkpoint is the whole state an
+    /// adopter needs as of this commit; how much of it travels (a full
+    /// checkpoint or a delta) is the outbox's business.
+    fn commit(&mut self, id: FlowId, no: CommitNo, checkpoint: &FlowCheckpoint);
+
+    /// The next acknowledgement, if any: hand it to
+    /// [`Flow::handle_commit_ack`](crate::Flow::handle_commit_ack).
+    fn poll_ack(&mut self) -> Option<(FlowId, CommitNo)>;
+
+    /// A flow is gone: forget its state.
+    fn forget(&mut self, id: FlowId);
+}
+
+/// The outbox of a relay without peers: every commit is acknowledged at
+/// once (nothing else could hold it).
+#[derive(Debug, Default)]
+pub struct LocalCommit {
+    acks: VecDeque<(FlowId, CommitNo)>,
+    commits: u64,
+}
+
+impl LocalCommit {
+    /// An empty outbox.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Commits taken so far.
+    pub fn commits(&self) -> u64 {
+        self.commits
+    }
+}
+
+impl Outbox for LocalCommit {
+    fn commit(&mut self, id: FlowId, no: CommitNo, _checkpoint: &FlowCheckpoint) {
+        self.commits += 1;
+        self.acks.push_back((id, no));
+    }
+
+    fn poll_ack(&mut self) -> Option<(FlowId, CommitNo)> {
+        self.acks.pop_front()
+    }
+
+    fn forget(&mut self, id: FlowId) {
+        self.acks.retain(|(f, _)| *f != id);
+    }
+}
