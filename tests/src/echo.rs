@@ -73,6 +73,63 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// An endless deterministic byte stream, generated a word at a time so that
+/// both ends of a multi-gigabyte transfer can produce or check it without
+/// storing it: xorshift64* (Vigna 2014), each 64-bit output word emitted
+/// little-endian. The same seed always gives the same bytes, and a shorter
+/// stream is a prefix of a longer one.
+#[derive(Clone, Debug)]
+pub struct PatternStream {
+    state: u64,
+    /// The current word and how many of its bytes are already emitted.
+    word: [u8; 8],
+    used: usize,
+}
+
+impl PatternStream {
+    /// The stream of `seed` (any value; zero is mapped to a non-zero state).
+    pub fn new(seed: u64) -> PatternStream {
+        let state = seed ^ 0x9e37_79b9_7f4a_7c15;
+        PatternStream {
+            state: if state == 0 { 1 } else { state },
+            word: [0; 8],
+            used: 8,
+        }
+    }
+
+    fn next_word(&mut self) -> [u8; 8] {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        self.state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes()
+    }
+
+    /// Writes the next `buf.len()` bytes of the stream into `buf`.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        let pending = (8 - self.used).min(buf.len());
+        let (head, rest) = buf.split_at_mut(pending);
+        head.copy_from_slice(&self.word[self.used..self.used + pending]);
+        self.used += pending;
+        let mut words = rest.chunks_exact_mut(8);
+        for chunk in &mut words {
+            chunk.copy_from_slice(&self.next_word());
+        }
+        let tail = words.into_remainder();
+        if !tail.is_empty() {
+            self.word = self.next_word();
+            tail.copy_from_slice(&self.word[..tail.len()]);
+            self.used = tail.len();
+        }
+    }
+
+    /// The next `len` bytes of the stream.
+    pub fn take_vec(&mut self, len: usize) -> Vec<u8> {
+        let mut data = vec![0; len];
+        self.fill(&mut data);
+        data
+    }
+}
+
 /// Hex SHA-256.
 pub fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data)

@@ -13,14 +13,25 @@
 //! prefixes never meet. Addresses live only inside these namespaces (see
 //! `docs/lab.md`). [`Lab`] removes everything it made when dropped, also when
 //! a test fails; [`Lab::down`] removes leftovers of a crashed run by prefix.
+//!
+//! The real peers of the end-to-end tests are binaries of this package:
+//! `lab-backend` (HTTP/1.1 origin, [`backend`]) and `lab-load` (TLS load
+//! client, [`load`]); [`peers`] starts them and [`pki`] makes their certificates.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod addr;
+pub mod backend;
 pub mod echo;
+pub mod http;
+pub mod load;
 pub mod netns;
+pub mod peers;
+pub mod pki;
 pub mod responder;
 pub mod tcp_host;
 
