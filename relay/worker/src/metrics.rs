@@ -1,0 +1,200 @@
+//! The relay's Prometheus series, registered once per relay (no global
+//! registry: two relays in one process keep separate figures).
+
+use std::sync::Arc;
+
+use relay_control::metrics::{Counter, Gauge, Histogram, Registry};
+use relay_flow::CloseReason;
+
+/// Handles on every series the workers move.
+#[derive(Debug, Clone)]
+pub struct RelayMetrics {
+    /// The registry the admin endpoint renders.
+    pub registry: Arc<Registry>,
+    /// Flows open now.
+    pub flows_active: Gauge,
+    /// Flows accepted since start.
+    pub flows_opened: Counter,
+    /// New flows refused (flow limit, draining).
+    pub flows_refused_limit: Counter,
+    /// New flows refused while draining.
+    pub flows_refused_draining: Counter,
+    closed: Vec<(CloseReason, Counter)>,
+    /// Full handshakes completed.
+    pub handshakes_full: Counter,
+    /// Resumed handshakes completed.
+    pub handshakes_resumed: Counter,
+    /// Handshakes failed: rustls refused the client.
+    pub handshakes_failed_tls: Counter,
+    /// Handshakes failed: the client did not finish in time.
+    pub handshakes_failed_timeout: Counter,
+    /// Handshakes failed: the client closed or reset first.
+    pub handshakes_failed_client_gone: Counter,
+    /// Plaintext client -> backend.
+    pub bytes_up: Counter,
+    /// Plaintext backend -> client.
+    pub bytes_down: Counter,
+    /// Records opened.
+    pub records_up: Counter,
+    /// Records sealed.
+    pub records_down: Counter,
+    /// TCP segments retransmitted, client side.
+    pub retransmits_front: Counter,
+    /// TCP segments retransmitted, backend side.
+    pub retransmits_back: Counter,
+    /// Commits made.
+    pub commits: Counter,
+    /// Time from commit to acknowledgement.
+    pub commit_latency: Histogram,
+    /// Frames that did not parse as Ethernet/IPv4/TCP.
+    pub frames_malformed: Counter,
+    /// Resets sent to segments of no flow.
+    pub resets_sent: Counter,
+}
+
+/// Device ring counters of one socket, as series.
+#[derive(Debug, Clone)]
+pub struct DeviceMetrics {
+    /// Frames received.
+    pub rx_frames: Counter,
+    /// Bytes received.
+    pub rx_bytes: Counter,
+    /// Frames sent.
+    pub tx_frames: Counter,
+    /// Bytes sent.
+    pub tx_bytes: Counter,
+    /// Times the tx ring was full.
+    pub tx_backpressure: Counter,
+    /// Wakeups of the kernel for tx.
+    pub kicks: Counter,
+    /// Frames the kernel dropped for want of rx ring room.
+    pub rx_dropped: Counter,
+}
+
+impl DeviceMetrics {
+    /// The series of the socket on `interface`, queue `queue`.
+    pub fn new(registry: &Registry, interface: &str, queue: u32) -> Self {
+        let q = queue.to_string();
+        let l = [("interface", interface), ("queue", q.as_str())];
+        let c = |name: &str, help: &str| registry.counter(name, help, &l);
+        DeviceMetrics {
+            rx_frames: c("relay_device_rx_frames_total", "Frames received by the AF_XDP socket."),
+            rx_bytes: c("relay_device_rx_bytes_total", "Bytes received by the AF_XDP socket."),
+            tx_frames: c("relay_device_tx_frames_total", "Frames sent by the AF_XDP socket."),
+            tx_bytes: c("relay_device_tx_bytes_total", "Bytes sent by the AF_XDP socket."),
+            tx_backpressure: c(
+                "relay_device_tx_ring_full_total",
+                "Times a frame waited for room in the tx ring.",
+            ),
+            kicks: c("relay_device_tx_kicks_total", "Wakeups of the kernel to send."),
+            rx_dropped: c(
+                "relay_device_rx_dropped_total",
+                "Frames the kernel dropped for want of rx ring room.",
+            ),
+        }
+    }
+
+    /// Copies a device's counters in.
+    pub fn update(&self, s: &relay_datapath::DeviceStats) {
+        self.rx_frames.set_total(s.rx_frames);
+        self.rx_bytes.set_total(s.rx_bytes);
+        self.tx_frames.set_total(s.tx_frames);
+        self.tx_bytes.set_total(s.tx_bytes);
+        self.tx_backpressure.set_total(s.tx_backpressure);
+        self.kicks.set_total(s.kicks);
+        self.rx_dropped.set_total(s.rx_dropped);
+    }
+}
+
+impl RelayMetrics {
+    /// Registers every series in `registry`.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        let r = &registry;
+        let closed = CloseReason::ALL
+            .iter()
+            .map(|&reason| {
+                (
+                    reason,
+                    r.counter(
+                        "relay_flows_closed_total",
+                        "Flows ended, by reason.",
+                        &[("reason", reason.label())],
+                    ),
+                )
+            })
+            .collect();
+        let failed = |reason: &str| {
+            r.counter(
+                "relay_handshakes_failed_total",
+                "TLS handshakes that failed, by reason.",
+                &[("reason", reason)],
+            )
+        };
+        let dir = |name: &str, help: &str, d: &str| r.counter(name, help, &[("direction", d)]);
+        RelayMetrics {
+            flows_active: r.gauge("relay_flows_active", "Flows open now.", &[]),
+            flows_opened: r.counter("relay_flows_opened_total", "Flows accepted.", &[]),
+            flows_refused_limit: r.counter(
+                "relay_flows_refused_total",
+                "New flows refused with a reset.",
+                &[("reason", "flow_limit")],
+            ),
+            flows_refused_draining: r.counter(
+                "relay_flows_refused_total",
+                "New flows refused with a reset.",
+                &[("reason", "draining")],
+            ),
+            closed,
+            handshakes_full: r.counter(
+                "relay_handshakes_total",
+                "TLS handshakes completed.",
+                &[("kind", "full")],
+            ),
+            handshakes_resumed: r.counter(
+                "relay_handshakes_total",
+                "TLS handshakes completed.",
+                &[("kind", "resumed")],
+            ),
+            handshakes_failed_tls: failed("tls_error"),
+            handshakes_failed_timeout: failed("timeout"),
+            handshakes_failed_client_gone: failed("client_gone"),
+            bytes_up: dir("relay_bytes_total", "Plaintext bytes relayed.", "up"),
+            bytes_down: dir("relay_bytes_total", "Plaintext bytes relayed.", "down"),
+            records_up: dir("relay_records_total", "TLS records opened (up) and sealed (down).", "up"),
+            records_down: dir("relay_records_total", "TLS records opened (up) and sealed (down).", "down"),
+            retransmits_front: r.counter(
+                "relay_tcp_retransmits_total",
+                "TCP segments sent again.",
+                &[("side", "front")],
+            ),
+            retransmits_back: r.counter(
+                "relay_tcp_retransmits_total",
+                "TCP segments sent again.",
+                &[("side", "back")],
+            ),
+            commits: r.counter("relay_commits_total", "Flow state commits.", &[]),
+            commit_latency: r.histogram(
+                "relay_commit_latency_seconds",
+                "Time from a commit to its acknowledgement.",
+                &[],
+                &[1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0],
+            ),
+            frames_malformed: r.counter(
+                "relay_frames_malformed_total",
+                "Steered frames that did not parse as Ethernet/IPv4/TCP.",
+                &[],
+            ),
+            resets_sent: r.counter(
+                "relay_tcp_resets_sent_total",
+                "Resets sent to segments of no flow.",
+                &[],
+            ),
+            registry,
+        }
+    }
+
+    /// The counter of flows closed for `reason`.
+    pub fn closed(&self, reason: CloseReason) -> Option<&Counter> {
+        self.closed.iter().find(|(r, _)| *r == reason).map(|(_, c)| c)
+    }
+}
