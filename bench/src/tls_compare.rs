@@ -6,8 +6,9 @@
 //! - full and resumed handshakes/s (`openssl s_time -new` / `-reuse`),
 //! - request latency p50/p99 over keep-alive (wrk, one connection),
 //!
-//! The relay's own column is added when the `relay` binary terminates TLS
-//! end to end (issue 5); until then the table says so.
+//! and the relay itself in the same conditions, plus its resident memory
+//! per established flow (500 idle TLS connections, each with its backend
+//! connection open).
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -36,6 +37,127 @@ pub struct Figures {
     pub p50_ms: Option<f64>,
     /// Keep-alive request latency, 99th percentile, milliseconds.
     pub p99_ms: Option<f64>,
+    /// Resident memory per established flow, KiB (the relay only).
+    pub kib_per_flow: Option<f64>,
+}
+
+/// Idle flows opened to measure memory per flow.
+const IDLE_FLOWS: usize = 500;
+
+/// The `relay` binary next to this one (same cargo profile).
+fn relay_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let path = exe.parent().context("binary directory")?.join("relay");
+    if !path.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build --release -p relay-app`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn start_relay(lab: &Lab, dir: &Path, cert: &Path, key: &Path) -> Result<(Child, PathBuf)> {
+    let relay = relay_binary()?;
+    let sock = dir.join("relay.sock");
+    let conf = dir.join("relay.toml");
+    write(
+        &conf,
+        &format!(
+            "name = \"bench\"\nadmin_addr = \"{admin}:9100\"\ncontrol_socket = \"{sock}\"\n\
+             [front]\ninterface = \"front\"\n[back]\ninterface = \"back\"\naddress = \"{back}\"\nports = \"{first}-{last}\"\n\
+             [[service]]\nname = \"bench\"\nvip = \"{vip}\"\nbackends = [\"{b}:{BACKEND_PORT}\"]\n\
+             [[service.certificate]]\ncert = \"{cert}\"\nkey = \"{key}\"\n",
+            admin = addr::RELAY_A_FRONT,
+            sock = sock.display(),
+            back = addr::BACK_SHARED,
+            first = addr::BACK_PORT_FIRST,
+            last = addr::BACK_PORT_LAST,
+            vip = addr::VIP,
+            b = addr::BACKEND,
+            cert = cert.display(),
+            key = key.display()
+        ),
+    )?;
+    let child = lab.spawn(
+        Node::RelayA,
+        "taskset",
+        &[
+            "-c",
+            SERVER_CORE,
+            &relay.to_string_lossy(),
+            "run",
+            "--config",
+            &conf.to_string_lossy(),
+        ],
+    )?;
+    let relay_s = relay.to_string_lossy().into_owned();
+    let sock_s = sock.to_string_lossy().into_owned();
+    wait_for(
+        Duration::from_secs(30),
+        "relay answering on its control socket",
+        || run(&relay_s, &["--control", &sock_s, "status"]).ok(),
+    )?;
+    Ok((child, sock))
+}
+
+fn rss_kib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Opens IDLE_FLOWS TLS connections that each made one request (so their
+/// backend connection is up), and measures the relay's RSS growth.
+fn memory_per_flow(lab: &Lab, pid: u32) -> Option<f64> {
+    let before = rss_kib(pid)?;
+    let script = format!(
+        "import socket, ssl, sys\n\
+         ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n\
+         conns = []\n\
+         for i in range({IDLE_FLOWS}):\n\
+         \x20   s = ctx.wrap_socket(socket.create_connection(('{vip}', 443), timeout=20))\n\
+         \x20   s.sendall(b'GET /{SMALL_FILE} HTTP/1.1\\r\\nHost: bench\\r\\n\\r\\n')\n\
+         \x20   got = b''\n\
+         \x20   while not got.endswith(b'ok\\n'):\n\
+         \x20       got += s.recv(4096)\n\
+         \x20   conns.append(s)\n\
+         print('ready', flush=True)\n\
+         sys.stdin.read()\n",
+        vip = addr::VIP
+    );
+    let mut child = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns(Node::Client),
+            "python3",
+            "-c",
+            &script,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let stdout = child.stdout.take()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    let ready = rx
+        .recv_timeout(Duration::from_secs(120))
+        .is_ok_and(|l| l.trim() == "ready");
+    let after = rss_kib(pid);
+    drop(child.stdin.take());
+    let _ = child.kill();
+    let _ = child.wait();
+    if !ready {
+        return None;
+    }
+    Some((after? - before) / IDLE_FLOWS as f64)
 }
 
 struct Workdir(PathBuf);
@@ -285,8 +407,16 @@ pub fn run_compare(seconds: u32) -> Result<()> {
         "TLS termination on one core of relay-a (core {SERVER_CORE}), same backend (nginx, plain HTTP), clients in the client namespace"
     );
     let mut rows: Vec<(&str, Figures)> = Vec::new();
-    for name in ["nginx", "haproxy"] {
+    for name in ["relay", "nginx", "haproxy"] {
         println!("  measuring {name} ({seconds} s per figure)...");
+        if name == "relay" {
+            let (child, _sock) = start_relay(&lab, &dir.0, &cert, &key)?;
+            let mut figures = measure(&lab, seconds);
+            figures.kib_per_flow = memory_per_flow(&lab, child.id());
+            stop(child);
+            rows.push((name, figures));
+            continue;
+        }
         let child = match name {
             "nginx" => start_nginx(&lab, &dir.0, &cert, &key)?,
             _ => start_haproxy(&lab, &dir.0, &combined)?,
@@ -302,23 +432,24 @@ pub fn run_compare(seconds: u32) -> Result<()> {
     stop(backend);
 
     println!(
-        "{:<10} {:>14} {:>14} {:>14} {:>10} {:>10}",
-        "", "download MB/s", "full hs/s", "resumed hs/s", "p50 ms", "p99 ms"
+        "{:<10} {:>14} {:>14} {:>14} {:>10} {:>10} {:>14}",
+        "", "download MB/s", "full hs/s", "resumed hs/s", "p50 ms", "p99 ms", "KiB/flow"
     );
     for (name, f) in &rows {
         println!(
-            "{name:<10} {:>14} {:>14} {:>14} {:>10} {:>10}",
+            "{name:<10} {:>14} {:>14} {:>14} {:>10} {:>10} {:>14}",
             cell(f.download_mb_s, 1),
             cell(f.full_hs_s, 0),
             cell(f.resumed_hs_s, 0),
             cell(f.p50_ms, 3),
-            cell(f.p99_ms, 3)
+            cell(f.p99_ms, 3),
+            if *name == "relay" {
+                cell(f.kib_per_flow, 1)
+            } else {
+                "-".to_string()
+            }
         );
     }
-    println!(
-        "{:<10} {:>14}",
-        "relay", "(the relay binary terminates TLS end to end with issue 5)"
-    );
     Ok(())
 }
 

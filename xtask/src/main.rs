@@ -30,12 +30,17 @@ enum Cmd {
         #[arg(long, default_value = "lab", global = true)]
         prefix: String,
     },
-    /// The main job: lab up, a kernel client talks to the VIP through XDP and
-    /// AF_XDP, figures printed, lab down.
+    /// The main job: lab up, a backend with a large file, the relay in front
+    /// of it, curl downloading it over TLS through the VIP (hash checked),
+    /// `relay status` and metrics printed, lab down.
     Demo {
-        /// Bytes the client sends (and expects echoed back).
-        #[arg(long, default_value_t = 4 << 20)]
+        /// Bytes the client downloads.
+        #[arg(long, default_value_t = 1 << 30)]
         bytes: usize,
+        /// Show the datapath probe instead (a kernel client echoed from
+        /// userspace through AF_XDP, no TLS).
+        #[arg(long)]
+        datapath: bool,
     },
     /// Every test: formatting, lints, unit, BPF and lab tests, a bounded fuzz run.
     Test {
@@ -73,14 +78,30 @@ const SYSTEM_PACKAGES: &[&str] = &[
     "gnutls-bin",
     "python3",
     "iperf3",
+    // The peers of the benchmark and of the lab tests.
+    "nginx",
+    "haproxy",
+    "wrk",
+    "prometheus",
+    "hping3",
 ];
+
+/// Keeps package scripts from starting the daemons they install (nginx,
+/// haproxy, prometheus): the lab starts its own, inside its namespaces.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Setup => setup(),
         Cmd::Lab { action, prefix } => lab(action, &prefix),
-        Cmd::Demo { bytes } => demo(bytes),
+        Cmd::Demo { bytes, datapath } => {
+            if datapath {
+                demo_datapath(bytes)
+            } else {
+                demo(bytes as u64)
+            }
+        }
         Cmd::Test { fuzz_seconds } => test(fuzz_seconds),
         Cmd::Bench => bench(),
         Cmd::Fuzz { seconds } => fuzz(seconds),
@@ -141,7 +162,22 @@ fn setup() -> Result<()> {
             .context("apt-get update (needs root and the Debian mirror)")?;
         let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
         args.extend(missing.iter());
-        sh("apt-get", &args).context("apt-get install")?;
+        let own_policy = !Path::new(POLICY_RC_D).exists();
+        if own_policy {
+            std::fs::write(POLICY_RC_D, "#!/bin/sh\nexit 101\n")
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        POLICY_RC_D,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                    )
+                })
+                .context("writing policy-rc.d")?;
+        }
+        let installed = sh("apt-get", &args).context("apt-get install");
+        if own_policy {
+            let _ = std::fs::remove_file(POLICY_RC_D);
+        }
+        installed?;
     }
     step("nightly toolchain with rust-src (for the XDP program)");
     let has_nightly = Command::new("rustup")
@@ -184,7 +220,151 @@ fn lab(action: LabAction, prefix: &str) -> Result<()> {
     Ok(())
 }
 
-fn demo(bytes: usize) -> Result<()> {
+fn demo(bytes: u64) -> Result<()> {
+    use relay_lab::{Node, peers, pki};
+    setup()?;
+    step("building the relay and the lab's backend");
+    sh(
+        "cargo",
+        &["build", "-p", "relay-app", "-p", "relay-lab", "--bins"],
+    )?;
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .context("xtask's directory")?
+        .to_path_buf();
+    let relay = bin_dir.join("relay");
+    let backend_bin = bin_dir.join("lab-backend");
+    step("building the lab (prefix \"demo\")");
+    let lab = Lab::up("demo").context("building the lab")?;
+    let pki = pki::TestPki::generate(pki::KeyKind::EcdsaP256)?;
+    let backend_addr = format!("{}:8080", addr::BACKEND);
+    let backend =
+        peers::BackendServer::spawn_in(&lab, Node::Backend, &backend_bin, &backend_addr, &[])?;
+    println!("    backend: lab-backend on {backend_addr} (plain HTTP, GET /bytes/N)");
+    let sock = pki.dir().join("relay.sock");
+    let conf = pki.dir().join("relay.toml");
+    let admin = format!("{}:9100", addr::RELAY_A_FRONT);
+    std::fs::write(
+        &conf,
+        format!(
+            "name = \"relay-a\"\nadmin_addr = \"{admin}\"\ncontrol_socket = \"{sock}\"\n\n\
+             [front]\ninterface = \"front\"\n\n\
+             [back]\ninterface = \"back\"\naddress = \"{back}\"\nports = \"{first}-{last}\"\n\n\
+             [[service]]\nname = \"web\"\nvip = \"{vip}\"\nalpn = [\"http/1.1\"]\nbackends = [\"{backend_addr}\"]\n\n\
+             [[service.certificate]]\ncert = \"{cert}\"\nkey = \"{key}\"\nserver_names = [\"{name}\"]\n",
+            sock = sock.display(),
+            back = addr::BACK_SHARED,
+            first = addr::BACK_PORT_FIRST,
+            last = addr::BACK_PORT_LAST,
+            vip = addr::VIP,
+            cert = pki.cert_chain.display(),
+            key = pki.key.display(),
+            name = pki::SERVER_NAME,
+        ),
+    )?;
+    step("starting the relay in relay-a (XDP on front and back, AF_XDP sockets, TLS termination)");
+    let relay_s = relay.to_string_lossy().into_owned();
+    let conf_s = conf.to_string_lossy().into_owned();
+    let sock_s = sock.to_string_lossy().into_owned();
+    let mut relay_proc = lab.spawn(Node::RelayA, &relay_s, &["run", "--config", &conf_s])?;
+    let started = relay_lab::wait_for(
+        Duration::from_secs(30),
+        "the relay's control socket",
+        || relay_lab::run(&relay_s, &["--control", &sock_s, "status"]).ok(),
+    );
+    if let Err(e) = started {
+        let _ = relay_proc.kill();
+        let out = relay_proc.wait_with_output()?;
+        bail!("{e}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    println!(
+        "    relay-a serves https://{}:{} with the VIP {}",
+        pki::SERVER_NAME,
+        addr::VIP_PORT,
+        addr::VIP
+    );
+    step(&format!(
+        "curl in the client namespace downloads {bytes} bytes over TLS through the VIP"
+    ));
+    let expected = peers::pattern_sha256(bytes);
+    let t0 = Instant::now();
+    let cmd = format!(
+        "set -o pipefail; curl -sS --fail --cacert {ca} --resolve {name}:443:{vip} https://{name}/bytes/{bytes} | sha256sum",
+        ca = pki.ca.display(),
+        name = pki::SERVER_NAME,
+        vip = addr::VIP,
+    );
+    let out = lab.exec(Node::Client, "bash", &["-c", &cmd]);
+    let secs = t0.elapsed().as_secs_f64();
+    let got = match &out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string(),
+        Err(e) => format!("(curl failed: {e})"),
+    };
+    let exact = got == expected;
+    println!("    expected sha256 {expected}");
+    println!("    received sha256 {got}");
+    println!(
+        "    byte-exact: {}   ({bytes} bytes in {secs:.2} s, {:.1} MB/s)",
+        if exact { "yes" } else { "NO" },
+        bytes as f64 / secs / 1e6
+    );
+    step("relay status");
+    if let Ok(o) = relay_lab::run(&relay_s, &["--control", &sock_s, "status"]) {
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            println!("    {line}");
+        }
+    }
+    step(&format!("metrics excerpt (http://{admin}/metrics)"));
+    if let Ok(o) = lab.exec(
+        Node::Client,
+        "curl",
+        &["-s", &format!("http://{admin}/metrics")],
+    ) {
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let wanted = [
+            "relay_flows_opened_total",
+            "relay_flows_closed_total",
+            "relay_handshakes_total",
+            "relay_bytes_total",
+            "relay_records_total",
+            "relay_commits_total",
+            "relay_commit_latency_seconds_count",
+            "relay_tcp_retransmits_total",
+            "relay_xdp_verdicts_total",
+            "relay_backend_up",
+        ];
+        for line in text.lines() {
+            if !line.starts_with('#')
+                && wanted.iter().any(|w| line.starts_with(w))
+                && !line.ends_with(" 0")
+            {
+                println!("    {line}");
+            }
+        }
+    }
+    step("stopping the relay (SIGTERM: drain, then exit), lab down");
+    let _ = relay_lab::run("kill", &["-TERM", &relay_proc.id().to_string()]);
+    let exited = relay_lab::wait_for(Duration::from_secs(15), "relay exit", || {
+        relay_proc.try_wait().ok().flatten()
+    });
+    if exited.is_err() {
+        let _ = relay_proc.kill();
+        let _ = relay_proc.wait();
+    }
+    drop(backend);
+    drop(lab);
+    if !exact {
+        bail!("the download was not byte-exact");
+    }
+    println!("\ndemo ok");
+    Ok(())
+}
+
+fn demo_datapath(bytes: usize) -> Result<()> {
     setup()?;
     step("building the lab (prefix \"demo\")");
     let lab = Lab::up("demo").context("building the lab")?;
@@ -333,6 +513,19 @@ fn bench() -> Result<()> {
     sh(
         "cargo",
         &["run", "--release", "-p", "relay-bench", "--bin", "datapath"],
+    )?;
+    step("TLS termination: the relay beside nginx and haproxy, one core each, in the lab");
+    sh("cargo", &["build", "--release", "-p", "relay-app"])?;
+    sh(
+        "cargo",
+        &[
+            "run",
+            "--release",
+            "-p",
+            "relay-bench",
+            "--bin",
+            "tls-compare",
+        ],
     )
 }
 

@@ -1,4 +1,4 @@
-//! Prints TLS termination figures of nginx and haproxy in the lab. See `relay_bench::tls_compare`.
+//! Prints TLS termination figures of the relay, nginx and haproxy in the lab. See `relay_bench::tls_compare`.
 
 fn main() -> anyhow::Result<()> {
     let seconds = std::env::args()

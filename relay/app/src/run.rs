@@ -97,7 +97,12 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("attaching to {}", config.back.interface))?;
 
     let front = AfXdpDevice::open(&AfXdpConfig::new(&config.front.interface, front_q))
-        .with_context(|| format!("AF_XDP socket on {} queue {front_q}", config.front.interface))?;
+        .with_context(|| {
+            format!(
+                "AF_XDP socket on {} queue {front_q}",
+                config.front.interface
+            )
+        })?;
     let back = AfXdpDevice::open(&AfXdpConfig::new(&config.back.interface, back_q))
         .with_context(|| format!("AF_XDP socket on {} queue {back_q}", config.back.interface))?;
     steer_front.register_socket(front_q, &front.socket_fd())?;
@@ -120,11 +125,7 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     }
 
     let steer = Arc::new(Mutex::new((steer_front, steer_back)));
-    let verdicts = VerdictSeries::new(
-        &registry,
-        &config.front.interface,
-        &config.back.interface,
-    );
+    let verdicts = VerdictSeries::new(&registry, &config.front.interface, &config.back.interface);
     let mut admin = AdminServer::bind(config.admin_addr)
         .with_context(|| format!("admin endpoint on {}", config.admin_addr))?;
     {
@@ -191,6 +192,7 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         .context("reading /dev/urandom for the ISN secret")?;
     let mut flow = FlowConfig {
         handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+        coalesce: true,
         ..FlowConfig::default()
     };
     flow.front.mss = 1460;
@@ -257,7 +259,13 @@ fn build_tls(
             let names: Vec<&str> = c.server_names.iter().map(String::as_str).collect();
             b = b
                 .certificate_pem_files(&c.cert, &c.key, &names)
-                .with_context(|| format!("service[{i}] ({}): certificate {}", s.name, c.cert.display()))?;
+                .with_context(|| {
+                    format!(
+                        "service[{i}] ({}): certificate {}",
+                        s.name,
+                        c.cert.display()
+                    )
+                })?;
         }
         let tls = b
             .alpn_protocols(s.alpn.iter().map(|p| p.as_bytes().to_vec()).collect())
@@ -339,10 +347,18 @@ fn update_backend_gauges(registry: &Registry, shared: &Shared) {
             let addr = st.addr.to_string();
             let labels = [("service", service.as_str()), ("backend", addr.as_str())];
             registry
-                .gauge("relay_backend_up", "1 when the backend takes new flows.", &labels)
+                .gauge(
+                    "relay_backend_up",
+                    "1 when the backend takes new flows.",
+                    &labels,
+                )
                 .set(i64::from(st.health == relay_control::backends::Health::Up));
             registry
-                .gauge("relay_backend_flows", "Flows relayed to the backend now.", &labels)
+                .gauge(
+                    "relay_backend_flows",
+                    "Flows relayed to the backend now.",
+                    &labels,
+                )
                 .set(i64::from(st.active_flows));
         }
     }
@@ -462,7 +478,10 @@ impl ControlHandler for Handler {
     fn reload(&self) -> Result<ReloadReply, String> {
         let new = Config::load(&self.path).map_err(|e| e.to_string())?;
         new.validate(&self.path, true).map_err(|e| e.to_string())?;
-        let mut current = self.config.lock().map_err(|_| "state poisoned".to_string())?;
+        let mut current = self
+            .config
+            .lock()
+            .map_err(|_| "state poisoned".to_string())?;
         let same_services = new.services.len() == current.services.len()
             && new
                 .services
@@ -493,9 +512,9 @@ impl ControlHandler for Handler {
         Ok(ReloadReply {
             certificates: certificates as u64,
             backends: backends as u64,
-            message: "reloaded: new flows use the new certificates and backends; open flows carry on"
-                .into(),
+            message:
+                "reloaded: new flows use the new certificates and backends; open flows carry on"
+                    .into(),
         })
     }
 }
-

@@ -41,6 +41,10 @@ pub struct FlowConfig {
     /// Client ciphertext of a record still being received that is released
     /// (carried in the commit) once it reaches this size.
     pub partial_release: usize,
+    /// Seal backend data in whole records only, except when the caller
+    /// calls [`Flow::flush`] (once per receive batch): fewer, fuller
+    /// records when the backend streams. Off: seal what arrived at once.
+    pub coalesce: bool,
 }
 
 impl Default for FlowConfig {
@@ -58,6 +62,7 @@ impl Default for FlowConfig {
             max_record: MAX_RECORD,
             handshake_timeout: Duration::from_secs(10),
             partial_release: 8 * 1024,
+            coalesce: false,
         }
     }
 }
@@ -390,8 +395,13 @@ pub struct Flow {
     back_eof: bool,
     close_planned: bool,
     front_close_sent: bool,
+    /// The close batch went to the front engine; the FIN follows once
+    /// allowed (see `push_front`).
+    front_close_owed: bool,
     fail_alert: Option<AlertDescription>,
     down_base: Option<DownPoint>,
+    /// [`Flow::flush`] is running: seal partial records too.
+    flush_now: bool,
     /// Batches from a checkpoint to seal again before planning anew.
     replay: VecDeque<PlannedBatch>,
     /// The traffic state to continue with after the replay.
@@ -403,6 +413,13 @@ pub struct Flow {
     planned_uncommitted: bool,
     in_flight: VecDeque<InFlight>,
     commits_out: VecDeque<(CommitNo, FlowCheckpoint)>,
+    /// The engines' last exports while they could still be exported: a
+    /// commit made after an engine closed (our FIN and the peer's both
+    /// acknowledged) starts from these.
+    front_ck: Option<relay_tcp::Checkpoint>,
+    back_ck: Option<relay_tcp::Checkpoint>,
+    /// Carried on from a checkpoint (see `clamp_ack`).
+    adopted: bool,
 }
 
 impl core::fmt::Debug for Flow {
@@ -478,8 +495,10 @@ impl Flow {
             back_eof: false,
             close_planned: false,
             front_close_sent: false,
+            front_close_owed: false,
             fail_alert: None,
             down_base: None,
+            flush_now: false,
             replay: VecDeque::new(),
             replay_end: None,
             replicated: false,
@@ -487,6 +506,9 @@ impl Flow {
             planned_uncommitted: false,
             in_flight: VecDeque::new(),
             commits_out: VecDeque::new(),
+            front_ck: None,
+            back_ck: None,
+            adopted: false,
         }
     }
 
@@ -552,9 +574,15 @@ impl Flow {
         });
         flow.close_planned = ck.batches.iter().any(|b| b.close) || ck.traffic.sent_close_notify;
         flow.front_close_sent = ck.front.snd_fin.is_some();
+        // A close batch the client acknowledged before our FIN could go
+        // is no longer carried: the FIN is still owed.
+        flow.front_close_owed = !flow.front_close_sent
+            && ck.traffic.sent_close_notify
+            && !ck.batches.iter().any(|b| b.close);
         flow.replay = ck.batches.iter().cloned().collect();
         flow.replay_end = Some(ck.traffic.clone());
         flow.replicated = true;
+        flow.adopted = true;
         flow.hs_deadline = None;
         tracing::debug!(id = ck.id.0, batches = ck.batches.len(), "flow adopted");
         Ok(flow)
@@ -641,16 +669,34 @@ impl Flow {
 
     /// A segment from the client.
     pub fn handle_front(&mut self, now: Instant, seg: &TcpRepr<'_>) {
-        self.front.handle_segment(now, seg);
+        let seg = if self.adopted {
+            clamp_ack(&self.front, seg)
+        } else {
+            *seg
+        };
+        self.front.handle_segment(now, &seg);
         self.progress(now);
     }
 
     /// A segment from the backend.
     pub fn handle_back(&mut self, now: Instant, seg: &TcpRepr<'_>) {
         if let Some(back) = self.back.as_mut() {
-            back.handle_segment(now, seg);
+            let seg = if self.adopted {
+                clamp_ack(back, seg)
+            } else {
+                *seg
+            };
+            back.handle_segment(now, &seg);
         }
         self.progress(now);
+    }
+
+    /// Seals what the backend sent even if it does not fill a record (with
+    /// [`FlowConfig::coalesce`], call it after each batch of segments).
+    pub fn flush(&mut self, now: Instant) {
+        self.flush_now = true;
+        self.progress(now);
+        self.flush_now = false;
     }
 
     /// The earliest instant [`handle_timeout`](Self::handle_timeout) must run.
@@ -888,6 +934,16 @@ impl Flow {
                 let _ = back.release_to(back.rcv_nxt());
             }
         }
+        if self.replicated {
+            // Keep the last exportable state of each engine (see
+            // `export_or_last`).
+            if let Ok(c) = self.front.export_checkpoint() {
+                self.front_ck = Some(c);
+            }
+            if let Some(Ok(c)) = self.back.as_ref().map(Connection::export_checkpoint) {
+                self.back_ck = Some(c);
+            }
+        }
         self.check_done();
     }
 
@@ -899,7 +955,14 @@ impl Flow {
                 }
                 Event::PeerClosed => self.front_fin = true,
                 Event::Reset => {
-                    self.end(CloseReason::ClientReset);
+                    // A client that sent close_notify and then reset (its
+                    // socket was closed with our close_notify unread) ended
+                    // in order.
+                    self.end(if self.up_eof {
+                        CloseReason::Normal
+                    } else {
+                        CloseReason::ClientReset
+                    });
                     if let Some(back) = self.back.as_mut() {
                         back.abort();
                     }
@@ -984,6 +1047,14 @@ impl Flow {
             if !b.released {
                 return;
             }
+            // After an adoption the client may acknowledge bytes the old
+            // relay sent before we hand them back (the engine's stream then
+            // starts past them): skip what it already has.
+            let end = self.front_una.update(self.front.snd_una()) + self.front.send_queue() as u64;
+            let pos = b.plan.client_off + b.sent as u64;
+            if pos < end {
+                b.sent = (end - b.plan.client_off).min(b.cipher.len() as u64) as usize;
+            }
             let n = self.front.send(&b.cipher[b.sent..]);
             b.sent += n;
             if b.sent < b.cipher.len() {
@@ -992,10 +1063,20 @@ impl Flow {
             b.cipher = Vec::new();
             b.sent = 0;
             b.done = true;
-            if b.plan.close && !self.front_close_sent {
-                self.front_close_sent = true;
-                self.front.close();
+            if b.plan.close {
+                self.front_close_owed = true;
             }
+        }
+        // Our FIN waits while the client's FIN is in but not released: the
+        // engine would go LAST-ACK -> CLOSED on the ACK of our FIN with the
+        // client's bytes and FIN still unacknowledged (and answer their
+        // retransmission with a RST).
+        if self.front_close_owed
+            && !self.front_close_sent
+            && (self.close_reason.is_some() || !fin_unreleased(&self.front, self.front_fin))
+        {
+            self.front_close_sent = true;
+            self.front.close();
         }
     }
 
@@ -1026,6 +1107,16 @@ impl Flow {
             if let Some(back) = self.back.as_mut()
                 && self.up_plain_start < self.up_plain.len()
             {
+                // As in `push_front`: after an adoption, skip plaintext the
+                // backend acknowledged before we could hand it back.
+                if let Some(t) = self.back_una.as_mut() {
+                    let end = t.update(back.snd_una()) + back.send_queue() as u64;
+                    let left = self.up_plain.len() - self.up_plain_start;
+                    let next = self.up_plain_total - left as u64;
+                    if next < end {
+                        self.up_plain_start += (end - next).min(left as u64) as usize;
+                    }
+                }
                 let n = back.send(&self.up_plain[self.up_plain_start..]);
                 self.up_plain_start += n;
                 self.stats.bytes_up += n as u64;
@@ -1107,6 +1198,9 @@ impl Flow {
             && !self.back_close_sent
             && self.up_plain_start == self.up_plain.len()
             && let Some(back) = self.back.as_mut()
+            // As for the front (`push_front`): not while the backend's FIN
+            // is in but not released.
+            && (self.close_reason.is_some() || !fin_unreleased(back, self.back_eof))
         {
             back.close();
             self.back_close_sent = true;
@@ -1122,7 +1216,9 @@ impl Flow {
     }
 
     fn pump_downstream_with(&mut self, layer: &mut RecordLayer) {
-        if self.close_planned {
+        // An adopted flow whose checkpoint carries the close batch has
+        // `close_planned` set already: the replay still has to run.
+        if self.close_planned && self.replay.is_empty() {
             return;
         }
         let failing = self.fail_alert.is_some();
@@ -1222,6 +1318,14 @@ impl Flow {
             if avail == 0 && !layer.wants_transmit() && !close_now {
                 return;
             }
+            if self.cfg.coalesce
+                && !self.flush_now
+                && avail < self.cfg.max_record
+                && !close_now
+                && !layer.wants_transmit()
+            {
+                return;
+            }
             let records_fit = room / (MAX_RECORD + RECORD_OVERHEAD) + 1;
             let fit = room.saturating_sub(records_fit * RECORD_OVERHEAD);
             let n = avail.min(self.cfg.max_batch).min(fit);
@@ -1316,8 +1420,13 @@ impl Flow {
             }
         }
         let base = self.up_base.as_ref()?;
+        // The base may end inside a record (a released partial record):
+        // until a record ending at or after it is acknowledged, the point
+        // stays there, partial bytes included (without them the release
+        // point would be mid-record with nothing to complete the record,
+        // and an adopter would deframe from the middle of it).
         let mut point = match cand {
-            Some(p) => UpPoint {
+            Some(p) if p.client_end >= base.client_off => UpPoint {
                 client_off: p.client_end,
                 plain_off: p.plain_end,
                 read: p.read_after.clone(),
@@ -1325,10 +1434,7 @@ impl Flow {
                 partial: Vec::new(),
                 fin: false,
             },
-            None => UpPoint {
-                partial: Vec::new(),
-                ..base.clone()
-            },
+            _ => base.clone(),
         };
         if all && self.up_plain_start == self.up_plain.len() {
             let rest = &self.up_in[self.up_in_start..];
@@ -1463,7 +1569,7 @@ impl Flow {
             .meta
             .clone()
             .ok_or(FlowError::Usage("no backend chosen"))?;
-        let mut front = self.front.export_checkpoint()?;
+        let mut front = export_or_last(&self.front, self.front_ck.as_ref())?;
         let fin = u64::from(up.fin);
         set_receive(
             &mut front,
@@ -1471,7 +1577,7 @@ impl Flow {
             up.fin,
         );
         rewind_send(&mut front, seq_at(self.front.iss() + 1, down.client_off));
-        let mut back_ck = back.export_checkpoint()?;
+        let mut back_ck = export_or_last(back, self.back_ck.as_ref())?;
         let fin = u64::from(down.fin);
         set_receive(
             &mut back_ck,
@@ -1541,11 +1647,11 @@ impl Flow {
     }
 
     fn check_done(&mut self) {
-        let front_done = matches!(self.front.state(), State::Closed | State::TimeWait);
-        let back_done = self
-            .back
-            .as_ref()
-            .is_none_or(|b| matches!(b.state(), State::Closed | State::TimeWait));
+        // TIME-WAIT counts as done only once the peer's FIN is released
+        // (acknowledged): until then the peer keeps resending it and the
+        // flow still owes the commit that releases it.
+        let front_done = engine_done(&self.front);
+        let back_done = self.back.as_ref().is_none_or(engine_done);
         if self.close_reason.is_some() && self.front.state() == State::Closed {
             // The client is gone: nothing is left to deliver to it.
             if let Some(back) = self.back.as_mut()
@@ -1554,11 +1660,7 @@ impl Flow {
                 back.abort();
             }
         }
-        let back_done = back_done
-            || self
-                .back
-                .as_ref()
-                .is_some_and(|b| matches!(b.state(), State::Closed | State::TimeWait));
+        let back_done = back_done || self.back.as_ref().is_some_and(engine_done);
         if front_done && back_done && self.phase != Phase::Closed {
             self.phase = Phase::Closed;
             let reason = self.close_reason.unwrap_or(CloseReason::Normal);
@@ -1572,6 +1674,70 @@ impl Flow {
         {
             self.phase = Phase::Closing;
         }
+    }
+}
+
+/// An engine's checkpoint; for an engine that has closed (every byte and
+/// FIN both ways acknowledged, nothing more to send), its last export with
+/// the final `snd_una`: a commit made after that (the other side's release
+/// points moving) still needs this side's state, and the caller rewinds
+/// `snd_una` to what the adopter can re-supply.
+fn export_or_last(
+    c: &Connection,
+    last: Option<&relay_tcp::Checkpoint>,
+) -> Result<relay_tcp::Checkpoint, FlowError> {
+    match c.export_checkpoint() {
+        Ok(ck) => Ok(ck),
+        Err(e) => match last {
+            Some(last) if c.state() == State::Closed && last.snd_fin.is_some() => {
+                let mut ck = last.clone();
+                ck.snd_una = c.snd_una();
+                ck.snd_max = c.snd_max();
+                Ok(ck)
+            }
+            _ => Err(e.into()),
+        },
+    }
+}
+
+/// Most an adopted engine's peer may acknowledge past what the engine knows
+/// it sent (see `clamp_ack`): the old relay sent at most a send buffer of
+/// planned records, or the plaintext of a receive window of client bytes.
+const ADOPTED_ACK_SLACK: usize = 16 << 20;
+
+/// A segment for an adopted engine with its ACK clamped to what the engine
+/// has (sent or been handed back). The old relay sent bytes after the
+/// checkpoint (records of batches it carries, plaintext of client records
+/// opened after it) that the peer acknowledges before the adopter could
+/// hand them back: the engine would drop such a segment whole as an ACK of
+/// unsent data (RFC 5961 (5.2)), data included, and each side would wait
+/// for the other's bytes to hand back its own. The peer repeats its
+/// cumulative ACK on every segment, so nothing is lost by taking less now.
+fn clamp_ack<'a>(c: &Connection, seg: &TcpRepr<'a>) -> TcpRepr<'a> {
+    let mut s = *seg;
+    if s.flags.ack() && c.state().is_synchronized() {
+        let end = c.snd_una() + c.send_queue();
+        let top = if end > c.snd_max() { end } else { c.snd_max() };
+        if s.ack_number > top && s.ack_number <= top + ADOPTED_ACK_SLACK {
+            s.ack_number = top;
+        }
+    }
+    s
+}
+
+/// The peer's FIN has arrived (`peer_fin`) but the release point is not
+/// past it yet.
+fn fin_unreleased(c: &Connection, peer_fin: bool) -> bool {
+    peer_fin && c.release_point() != c.rcv_nxt()
+}
+
+/// Whether an engine has nothing left to do for the flow: closed, or in
+/// TIME-WAIT with the peer's FIN released.
+fn engine_done(c: &Connection) -> bool {
+    match c.state() {
+        State::Closed => true,
+        State::TimeWait => c.release_point() == c.rcv_nxt(),
+        _ => false,
     }
 }
 

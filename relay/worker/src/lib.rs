@@ -248,7 +248,10 @@ impl Worker {
                     break;
                 }
                 if now.micros > at.micros + grace {
-                    tracing::warn!(flows = self.flows.len(), "grace period over: aborting flows");
+                    tracing::warn!(
+                        flows = self.flows.len(),
+                        "grace period over: aborting flows"
+                    );
                     let ids: Vec<u64> = self.flows.keys().copied().collect();
                     for id in ids {
                         if let Some(slot) = self.flows.get_mut(&id) {
@@ -264,6 +267,15 @@ impl Worker {
             let got = self.receive(now)?;
             let hs = self.handshake_results(now);
             self.run_timers(now);
+            // Flows that took segments seal what is left of their batch.
+            let touched: Vec<u64> = self.dirty.clone();
+            self.service_dirty(now)?;
+            for id in touched {
+                if let Some(slot) = self.flows.get_mut(&id) {
+                    slot.flow.flush(now);
+                    self.dirty.push(id);
+                }
+            }
             self.service_dirty(now)?;
             self.front.flush()?;
             self.back.flush()?;
@@ -317,11 +329,7 @@ impl Worker {
                 return Ok(());
             }
             let syn = p.tcp.flags.syn() && !p.tcp.flags.ack() && !p.tcp.flags.rst();
-            let service = self
-                .cfg
-                .services
-                .iter()
-                .position(|s| s.addr == tuple.local);
+            let service = self.cfg.services.iter().position(|s| s.addr == tuple.local);
             if let (true, Some(service)) = (syn, service) {
                 return self.accept(now, service, tuple, p.eth.src_addr, &p.tcp);
             }
@@ -537,7 +545,11 @@ impl Worker {
             }
             if let Some(slot) = self.flows.get_mut(&id) {
                 if slot.flow.buffered() > self.cfg.max_flow_memory {
-                    tracing::warn!(id, buffered = slot.flow.buffered(), "flow over its memory bound: aborting");
+                    tracing::warn!(
+                        id,
+                        buffered = slot.flow.buffered(),
+                        "flow over its memory bound: aborting"
+                    );
                     slot.flow.abort(now);
                     continue;
                 }
@@ -586,7 +598,8 @@ impl Worker {
             && let Ok(mac) =
                 relay_datapath::neighbour::resolve(*pick.addr.ip(), Duration::from_millis(500))
         {
-            self.neighbours.insert(*pick.addr.ip(), EthernetAddress(mac));
+            self.neighbours
+                .insert(*pick.addr.ip(), EthernetAddress(mac));
         }
         let info = slot.flow.handshake_info().cloned();
         let meta = FlowMeta {
@@ -616,7 +629,13 @@ impl Worker {
         let src_back = EthernetAddress(self.cfg.back_mac);
         let front_tuple = slot.flow.front_tuple();
         while let Some(seg) = slot.flow.poll_front_transmit(now, &mut self.scratch) {
-            send_segment(self.front.as_mut(), src_front, slot.client_mac, front_tuple, &seg)?;
+            send_segment(
+                self.front.as_mut(),
+                src_front,
+                slot.client_mac,
+                front_tuple,
+                &seg,
+            )?;
         }
         if let Some(back_tuple) = slot.flow.back_tuple() {
             let mac = self.neighbours.get(back_tuple.remote.ip()).copied();
@@ -700,7 +719,14 @@ impl Worker {
             let tls = slot
                 .flow
                 .handshake_info()
-                .map(|i| format!("{:?} {:?}{}", i.version, i.suite, if i.resumed { " resumed" } else { "" }))
+                .map(|i| {
+                    format!(
+                        "{:?} {:?}{}",
+                        i.version,
+                        i.suite,
+                        if i.resumed { " resumed" } else { "" }
+                    )
+                })
                 .unwrap_or_default();
             lines.push(FlowSnapshot {
                 id,
@@ -767,8 +793,10 @@ impl Worker {
 fn report_flow(m: &RelayMetrics, slot: &Slot, stats: FlowStats) {
     let r = slot.reported;
     m.bytes_up.add(stats.bytes_up.saturating_sub(r.bytes_up));
-    m.bytes_down.add(stats.bytes_down.saturating_sub(r.bytes_down));
-    m.records_up.add(stats.records_up.saturating_sub(r.records_up));
+    m.bytes_down
+        .add(stats.bytes_down.saturating_sub(r.bytes_down));
+    m.records_up
+        .add(stats.records_up.saturating_sub(r.records_up));
     m.records_down
         .add(stats.records_down.saturating_sub(r.records_down));
 }

@@ -78,15 +78,30 @@ impl DeviceMetrics {
         let l = [("interface", interface), ("queue", q.as_str())];
         let c = |name: &str, help: &str| registry.counter(name, help, &l);
         DeviceMetrics {
-            rx_frames: c("relay_device_rx_frames_total", "Frames received by the AF_XDP socket."),
-            rx_bytes: c("relay_device_rx_bytes_total", "Bytes received by the AF_XDP socket."),
-            tx_frames: c("relay_device_tx_frames_total", "Frames sent by the AF_XDP socket."),
-            tx_bytes: c("relay_device_tx_bytes_total", "Bytes sent by the AF_XDP socket."),
+            rx_frames: c(
+                "relay_device_rx_frames_total",
+                "Frames received by the AF_XDP socket.",
+            ),
+            rx_bytes: c(
+                "relay_device_rx_bytes_total",
+                "Bytes received by the AF_XDP socket.",
+            ),
+            tx_frames: c(
+                "relay_device_tx_frames_total",
+                "Frames sent by the AF_XDP socket.",
+            ),
+            tx_bytes: c(
+                "relay_device_tx_bytes_total",
+                "Bytes sent by the AF_XDP socket.",
+            ),
             tx_backpressure: c(
                 "relay_device_tx_ring_full_total",
                 "Times a frame waited for room in the tx ring.",
             ),
-            kicks: c("relay_device_tx_kicks_total", "Wakeups of the kernel to send."),
+            kicks: c(
+                "relay_device_tx_kicks_total",
+                "Wakeups of the kernel to send.",
+            ),
             rx_dropped: c(
                 "relay_device_rx_dropped_total",
                 "Frames the kernel dropped for want of rx ring room.",
@@ -160,8 +175,16 @@ impl RelayMetrics {
             handshakes_failed_client_gone: failed("client_gone"),
             bytes_up: dir("relay_bytes_total", "Plaintext bytes relayed.", "up"),
             bytes_down: dir("relay_bytes_total", "Plaintext bytes relayed.", "down"),
-            records_up: dir("relay_records_total", "TLS records opened (up) and sealed (down).", "up"),
-            records_down: dir("relay_records_total", "TLS records opened (up) and sealed (down).", "down"),
+            records_up: dir(
+                "relay_records_total",
+                "TLS records opened (up) and sealed (down).",
+                "up",
+            ),
+            records_down: dir(
+                "relay_records_total",
+                "TLS records opened (up) and sealed (down).",
+                "down",
+            ),
             retransmits_front: r.counter(
                 "relay_tcp_retransmits_total",
                 "TCP segments sent again.",
@@ -195,6 +218,9 @@ impl RelayMetrics {
 
     /// The counter of flows closed for `reason`.
     pub fn closed(&self, reason: CloseReason) -> Option<&Counter> {
-        self.closed.iter().find(|(r, _)| *r == reason).map(|(_, c)| c)
+        self.closed
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map(|(_, c)| c)
     }
 }
