@@ -580,7 +580,9 @@ impl Flow {
             && ck.traffic.sent_close_notify
             && !ck.batches.iter().any(|b| b.close);
         flow.replay = ck.batches.iter().cloned().collect();
-        flow.replay_end = Some(ck.traffic.clone());
+        // Without batches the layer starts with the final write state
+        // already (and nothing would ever take `replay_end`).
+        flow.replay_end = (!ck.batches.is_empty()).then(|| ck.traffic.clone());
         flow.replicated = true;
         flow.adopted = true;
         flow.hs_deadline = None;
@@ -674,7 +676,13 @@ impl Flow {
         } else {
             *seg
         };
+        let (seg, held) = ack_of_held_bytes(&self.front, &seg);
         self.front.handle_segment(now, &seg);
+        if held {
+            // Answer as for a duplicate: an ACK with SACK blocks tells the
+            // peer what we hold, so that it sends what is missing.
+            self.front.nudge();
+        }
         self.progress(now);
     }
 
@@ -686,7 +694,11 @@ impl Flow {
             } else {
                 *seg
             };
+            let (seg, held) = ack_of_held_bytes(back, &seg);
             back.handle_segment(now, &seg);
+            if held {
+                back.nudge();
+            }
         }
         self.progress(now);
     }
@@ -1198,6 +1210,9 @@ impl Flow {
             && !self.back_close_sent
             && self.up_plain_start == self.up_plain.len()
             && let Some(back) = self.back.as_mut()
+            // Not before the backend connection is up: `close` in SYN-SENT
+            // abandons the connection (with the client's bytes queued).
+            && back.state() != State::SynSent
             // As for the front (`push_front`): not while the backend's FIN
             // is in but not released.
             && (self.close_reason.is_some() || !fin_unreleased(back, self.back_eof))
@@ -1246,12 +1261,26 @@ impl Flow {
             }
             // Batches from a checkpoint come first, sealed exactly as planned.
             if let Some(plan) = self.replay.front() {
-                let len = plan.plaintext_len() as usize;
                 let Some(back) = self.back.as_mut() else {
                     return;
                 };
                 let (a, b) = back.readable();
-                if a.len() + b.len() < len {
+                // Seal the records whose plaintext is all here; the rest of
+                // the batch waits, as a batch of its own (same records, same
+                // bytes). Waiting for the whole batch could wait forever: the
+                // backend fills a hole past the first record only once some
+                // of it is acknowledged, which needs the records sent.
+                let avail = a.len() + b.len();
+                let mut whole = 0;
+                let mut len = 0;
+                for &s in &plan.sizes {
+                    if len + usize::from(s) > avail {
+                        break;
+                    }
+                    len += usize::from(s);
+                    whole += 1;
+                }
+                if whole == 0 && !plan.sizes.is_empty() {
                     return;
                 }
                 let mut plain = Vec::with_capacity(len);
@@ -1260,9 +1289,14 @@ impl Flow {
                     plain.extend_from_slice(&b[..len - plain.len()]);
                 }
                 back.consume(len);
-                let Some(plan) = self.replay.pop_front() else {
+                let Some(mut plan) = self.replay.pop_front() else {
                     return;
                 };
+                let rest_sizes = plan.sizes.split_off(whole);
+                let rest_close = plan.close && !rest_sizes.is_empty();
+                if rest_close {
+                    plan.close = false;
+                }
                 let traffic = merge_traffic(layer.traffic_state(), &plan.state_before);
                 let Ok(mut fresh) = RecordLayer::new(traffic) else {
                     self.fail_downstream(AlertDescription::InternalError, CloseReason::Aborted);
@@ -1288,6 +1322,15 @@ impl Flow {
                 self.down_read_off += len as u64;
                 let client_end = plan.client_off + cipher.len() as u64;
                 self.client_next = client_end;
+                if !rest_sizes.is_empty() {
+                    self.replay.push_front(PlannedBatch {
+                        state_before: layer.traffic_state().clone(),
+                        client_off: client_end,
+                        plain_off: plan.plain_off + len as u64,
+                        sizes: rest_sizes,
+                        close: rest_close,
+                    });
+                }
                 let close = plan.close;
                 self.batches.push_back(Batch {
                     plan,
@@ -1438,8 +1481,20 @@ impl Flow {
         };
         if all && self.up_plain_start == self.up_plain.len() {
             let rest = &self.up_in[self.up_in_start..];
+            // At most one segment's worth is held back: a client whose
+            // window collapsed (after a timeout, or a move to another relay)
+            // sends one segment per timeout from its `snd_una`, and when the
+            // SACK blocks are taken by out-of-order ranges it never learns
+            // that later in-order bytes arrived: with a higher threshold the
+            // record would never complete and nothing would be acknowledged.
+            // (Half a segment: segments carrying SACK blocks have less room.)
+            let threshold = self
+                .cfg
+                .partial_release
+                .min(self.front.effective_mss() / 2)
+                .max(1);
             let partial_ok = rest.len() <= MAX_PARTIAL
-                && (rest.len() >= self.cfg.partial_release
+                && (rest.len() >= threshold
                     || base.partial.len() >= rest.len() && !rest.is_empty())
                 && !self.up_eof;
             if partial_ok {
@@ -1478,7 +1533,10 @@ impl Flow {
 
     fn maybe_commit(&mut self, now: Instant) {
         if !self.replicated {
-            let ready = self.phase == Phase::Open
+            // (Closing too: a backend that answers and closes at once moves
+            // the phase on before the client acknowledged our handshake
+            // output; the flow must still become replicated to go on.)
+            let ready = matches!(self.phase, Phase::Open | Phase::Closing)
                 && self.close_reason.is_none()
                 && self.hs_out.is_empty()
                 && self.front_una.off >= self.client_next
@@ -1570,6 +1628,28 @@ impl Flow {
             .clone()
             .ok_or(FlowError::Usage("no backend chosen"))?;
         let mut front = export_or_last(&self.front, self.front_ck.as_ref())?;
+        // Once this commit is acknowledged, this relay may send every batch
+        // planned so far (and then its FIN): the client may have all of it
+        // when an adopter takes over. The adopter's engine must know it
+        // sent that much, or it drops the client's segments whole as ACKs
+        // of unsent data, and the client drops its pure ACKs (whose
+        // sequence number, `snd_max`, would lie behind what the client
+        // received).
+        let planned_end = seq_at(self.front.iss() + 1, self.client_next);
+        // (While an adopter still replays, `client_next` is not the end of
+        // the plan; its engine's `snd_max` and `snd_fin` came with the
+        // checkpoint it adopted.)
+        if self.replay.is_empty() {
+            let fin_may_go =
+                self.close_planned && self.fail_alert.is_none() && (!self.front_fin || up.fin);
+            if fin_may_go && front.snd_fin.is_none() {
+                front.snd_fin = Some(planned_end);
+            }
+            let top = front.snd_fin.map_or(planned_end, |f| f + 1);
+            if top > front.snd_max {
+                front.snd_max = top;
+            }
+        }
         let fin = u64::from(up.fin);
         set_receive(
             &mut front,
@@ -1590,7 +1670,12 @@ impl Flow {
             seq_at(back.iss() + 1, up.plain_off)
         };
         rewind_send(&mut back_ck, back_una);
-        let mut traffic = layer.traffic_state().clone();
+        // An adopter that has not replayed every batch yet carries the rest
+        // of the plan on, and the write state after it.
+        let mut traffic = match &self.replay_end {
+            Some(end) => merge_traffic(layer.traffic_state(), end),
+            None => layer.traffic_state().clone(),
+        };
         traffic.read = up.read.clone();
         traffic.received_close_notify = up.close_notify;
         let batches = self
@@ -1598,6 +1683,7 @@ impl Flow {
             .iter()
             .filter(|b| b.client_end > down.client_off || (b.plan.close && !down.fin))
             .map(|b| b.plan.clone())
+            .chain(self.replay.iter().cloned())
             .collect();
         let ck = FlowCheckpoint {
             id: self.id,
@@ -1618,9 +1704,18 @@ impl Flow {
 
     fn apply_commit(&mut self, c: &InFlight) {
         let fin = u64::from(c.up.fin);
+        let before = self.front.release_point();
         let _ = self
             .front
             .release_to(seq_at(self.front.irs() + 1, c.up.client_off + fin));
+        // Caught up with everything received: the sender may be waiting for
+        // this ACK (Nagle, the end of a request); the release already cost
+        // it a round trip, so do not add a delayed-ACK timeout to it.
+        if self.front.release_point() != before
+            && self.front.release_point() == self.front.rcv_nxt()
+        {
+            self.front.nudge();
+        }
         while self
             .up_pending
             .front()
@@ -1630,7 +1725,11 @@ impl Flow {
         }
         if let Some(back) = self.back.as_mut() {
             let fin = u64::from(c.down.fin);
+            let before = back.release_point();
             let _ = back.release_to(seq_at(back.irs() + 1, c.down.plain_off + fin));
+            if back.release_point() != before && back.release_point() == back.rcv_nxt() {
+                back.nudge();
+            }
         }
         while self
             .batches
@@ -1723,6 +1822,32 @@ fn clamp_ack<'a>(c: &Connection, seg: &TcpRepr<'a>) -> TcpRepr<'a> {
         }
     }
     s
+}
+
+/// A segment that only repeats bytes (and FIN) the engine holds but has not
+/// released, as a pure ACK at `rcv_nxt`. The peer resends them because
+/// they are not acknowledged; the engine judges acceptability from its
+/// `rcv_nxt` (past them) and would drop the segment whole as old data, ACK
+/// field included. A peer that has nothing else to send (go-back-N after a
+/// timeout) then never gets its ACK through: here the relay waits for the
+/// ACK of its own bytes before it can commit, and the commit is what
+/// releases the peer's bytes. Nothing is lost: the engine has the bytes.
+fn ack_of_held_bytes<'a>(c: &Connection, seg: &TcpRepr<'a>) -> (TcpRepr<'a>, bool) {
+    let mut s = *seg;
+    if s.flags.ack()
+        && !s.flags.syn()
+        && !s.flags.rst()
+        && s.segment_len() > 0
+        && c.state().is_synchronized()
+        && s.seq_number >= c.release_point()
+        && s.seq_number + s.segment_len() <= c.rcv_nxt()
+    {
+        s.seq_number = c.rcv_nxt();
+        s.payload = &[];
+        s.flags = relay_tcp::TcpFlags::ACK;
+        return (s, true);
+    }
+    (s, false)
 }
 
 /// The peer's FIN has arrived (`peer_fin`) but the release point is not

@@ -8,13 +8,15 @@
 //! - [`Flow`]: the state machine; its calling order is written on it.
 //! - [`Outbox`]: where commits go; [`LocalCommit`] acknowledges at once
 //!   (a relay without peers), the cluster's outbox after a peer has them.
-//! - [`FlowCheckpoint`]: what an adopter needs ([`Flow::adopt`]).
+//! - [`FlowCheckpoint`]: what an adopter needs ([`Flow::adopt`]);
+//!   [`encode_delta`] / [`apply_delta`]: the commits after the first.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod checkpoint;
+mod delta;
 mod error;
 mod flow;
 mod outbox;
@@ -22,6 +24,7 @@ mod outbox;
 pub use checkpoint::{
     FLOW_CHECKPOINT_VERSION, FlowCheckpoint, FlowMeta, MAX_BATCHES, MAX_PARTIAL, PlannedBatch,
 };
+pub use delta::{FLOW_DELTA_VERSION, apply_delta, checkpoint_tag, encode_delta};
 pub use error::FlowError;
 pub use flow::{
     CloseReason, Flow, FlowConfig, FlowEvent, FlowStats, HandshakeDone, HandshakeJob, Phase,
