@@ -214,6 +214,7 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         isn_secret,
         shutdown_grace: Duration::from_secs(10),
         max_flow_memory: config.limits.max_flow_memory as usize,
+        max_half_open: config.limits.max_half_open.max(1) as usize,
     };
     let front_fd = front.socket_fd();
     let back_fd = back.socket_fd();

@@ -106,6 +106,10 @@ pub struct Limits {
     pub max_flow_memory: u32,
     /// A client that has not finished its handshake by then is dropped.
     pub handshake_timeout_ms: u64,
+    /// Client connections in SYN-RECEIVED per service; a SYN beyond it
+    /// pushes out the oldest (a SYN flood then costs a bounded table, and a
+    /// real client whose ACK comes back within this many SYNs still gets in).
+    pub max_half_open: u32,
 }
 
 impl Default for Limits {
@@ -114,6 +118,7 @@ impl Default for Limits {
             max_flows: 100_000,
             max_flow_memory: 1 << 20,
             handshake_timeout_ms: 10_000,
+            max_half_open: 16_384,
         }
     }
 }

@@ -454,6 +454,26 @@ impl Flow {
         Ok(flow)
     }
 
+    /// A flow from a client connection a [`relay_tcp::Listener`] has
+    /// completed (the half-open state stays bounded in the listener, so a
+    /// SYN flood costs no TLS state).
+    pub fn from_accepted(
+        id: FlowId,
+        cfg: FlowConfig,
+        front: Connection,
+        tls: &relay_tls::TlsServerConfig,
+        now: Instant,
+    ) -> Result<Flow, FlowError> {
+        let driver = HandshakeDriver::new(tls)?;
+        let deadline = now.micros + cfg.handshake_timeout.as_micros() as u64;
+        let mut flow = Flow::blank(id, cfg, front, now);
+        flow.hs = Some(driver);
+        flow.hs_deadline = Some(Instant::from_micros(deadline));
+        // The handshake's last ACK may have carried the ClientHello.
+        flow.progress(now);
+        Ok(flow)
+    }
+
     fn blank(id: FlowId, cfg: FlowConfig, front: Connection, now: Instant) -> Flow {
         let front_una = Tracker::new(front.iss() + 1, 0);
         Flow {

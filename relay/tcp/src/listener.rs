@@ -23,8 +23,11 @@ const MAX_QUEUED_RESETS: usize = 64;
 pub struct ListenerStats {
     /// SYNs that created a half-open connection.
     pub syns: u64,
-    /// Client: SYNs dropped because the half-open table was full.
+    /// Client: SYNs dropped (refused by the engine).
     pub syns_dropped: u64,
+    /// Half-open connections pushed out, oldest first, by new SYNs while
+    /// the table was full (a SYN flood).
+    pub half_open_evicted: u64,
     /// RSTs sent in LISTEN (to stray ACKs) or dropped for lack of room.
     pub resets_sent: u64,
     /// RSTs not sent because the queue was full.
@@ -36,9 +39,11 @@ pub struct ListenerStats {
 }
 
 /// A listening port (RFC 9293 LISTEN). The half-open state is bounded: at
-/// most `max_half_open` connections in SYN-RECEIVED; further SYNs are
-/// dropped and counted (the client retries), which is the bound this crate
-/// uses instead of SYN cookies.
+/// most `max_half_open` connections in SYN-RECEIVED; a SYN that finds the
+/// table full pushes out the oldest entry (counted). Under a flood of
+/// spoofed SYNs a real client's entry then lives as long as the flood takes
+/// to refill the table, which is enough when its ACK comes back sooner;
+/// this is the bound this crate uses instead of SYN cookies.
 ///
 /// # Calling order
 ///
@@ -55,6 +60,8 @@ pub struct Listener {
     secret: IsnSecret,
     max_half_open: usize,
     half_open: BTreeMap<FourTuple, Connection>,
+    /// Half-open tuples, oldest first (may hold tuples already gone).
+    order: VecDeque<FourTuple>,
     accepted: VecDeque<(FourTuple, Connection)>,
     resets: VecDeque<(FourTuple, TcpRepr<'static>)>,
     stats: ListenerStats,
@@ -89,6 +96,7 @@ impl Listener {
             secret,
             max_half_open,
             half_open: BTreeMap::new(),
+            order: VecDeque::new(),
             accepted: VecDeque::new(),
             resets: VecDeque::new(),
             stats: ListenerStats::default(),
@@ -123,14 +131,23 @@ impl Listener {
         if !seg.flags.syn() || seg.flags.fin() {
             return;
         }
-        if self.half_open.len() >= self.max_half_open {
-            self.stats.syns_dropped += 1;
-            return;
+        while self.half_open.len() >= self.max_half_open {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if self.half_open.remove(&oldest).is_some() {
+                self.stats.half_open_evicted += 1;
+            }
         }
         match Connection::accept(self.cfg.clone(), tuple, seg, &self.secret, now) {
             Ok(conn) => {
                 self.stats.syns += 1;
                 self.half_open.insert(tuple, conn);
+                self.order.push_back(tuple);
+                if self.order.len() > 2 * self.max_half_open {
+                    let live = &self.half_open;
+                    self.order.retain(|t| live.contains_key(t));
+                }
             }
             Err(_) => self.stats.syns_dropped += 1,
         }
@@ -304,7 +321,22 @@ mod tests {
             l.handle_segment(T0, peer(port), &seg(port, 1, None, TcpFlags::SYN));
         }
         assert_eq!(l.half_open(), 2);
-        assert_eq!(l.stats().syns_dropped, 3);
+        assert_eq!(l.stats().half_open_evicted, 3);
+        // The newest SYNs hold the table: the last client can complete.
+        let mut buf = [0u8; 64];
+        let mut iss = None;
+        while let Some((t, sa)) = l.poll_transmit(T0, &mut buf) {
+            if t == peer(1004) {
+                iss = Some(sa.seq_number);
+            }
+        }
+        let iss = iss.expect("a SYN-ACK to the newest client");
+        l.handle_segment(
+            T0,
+            peer(1004),
+            &seg(1004, 2, Some(iss.0 + 1), TcpFlags::empty()),
+        );
+        assert_eq!(l.accept().map(|(t, _)| t), Some(peer(1004)));
     }
 
     #[test]

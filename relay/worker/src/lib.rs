@@ -25,11 +25,14 @@ use relay_flow::{
     CloseReason, Flow, FlowConfig, FlowEvent, FlowId, FlowMeta, FlowStats, HandshakeDone,
     HandshakeJob, LocalCommit, Outbox,
 };
-use relay_tcp::{FourTuple, Instant, IsnSecret, TcpRepr};
+use relay_tcp::{FourTuple, Instant, IsnSecret, Listener, TcpRepr};
 use relay_tls::TlsServerConfig;
 use relay_wire::{EtherType, EthernetAddress, EthernetRepr, IpProtocol, Ipv4Repr, TcpFrame};
 
 pub use metrics::{DeviceMetrics, RelayMetrics};
+
+/// Client MACs remembered at most (a flood of spoofed sources resets it).
+const MAX_FRONT_MACS: usize = 65536;
 
 /// Why a worker stopped.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,9 @@ pub enum WorkerError {
     /// The handshake thread could not start.
     #[error("starting the handshake thread: {0}")]
     Thread(std::io::Error),
+    /// The settings cannot work.
+    #[error("worker settings: {0}")]
+    Config(String),
 }
 
 /// A service as the worker sees it.
@@ -112,6 +118,8 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Largest buffer a flow may hold outside its engines.
     pub max_flow_memory: usize,
+    /// Connections in SYN-RECEIVED per service; more SYNs are dropped.
+    pub max_half_open: usize,
 }
 
 struct Slot {
@@ -146,6 +154,10 @@ pub struct Worker {
     next_port: u16,
     next_id: u64,
     neighbours: HashMap<Ipv4Addr, EthernetAddress>,
+    /// Client MACs learnt from their frames (for the listeners' replies).
+    front_macs: HashMap<Ipv4Addr, EthernetAddress>,
+    /// One per service: the bounded half-open table.
+    listeners: Vec<Listener>,
     outbox: LocalCommit,
     hs_tx: mpsc::Sender<(u64, HandshakeJob)>,
     hs_rx: mpsc::Receiver<(u64, HandshakeDone)>,
@@ -198,6 +210,18 @@ impl Worker {
             .map_err(WorkerError::Thread)?;
         let next_port = cfg.back_ports.0;
         let secret = IsnSecret::new(cfg.isn_secret);
+        let mut listeners = Vec::with_capacity(cfg.services.len());
+        for s in &cfg.services {
+            listeners.push(
+                Listener::new(
+                    cfg.flow.front.clone(),
+                    s.addr,
+                    secret.clone(),
+                    cfg.max_half_open,
+                )
+                .map_err(|e| WorkerError::Config(e.to_string()))?,
+            );
+        }
         Ok(Worker {
             cfg,
             front,
@@ -219,6 +243,8 @@ impl Worker {
                 .into_iter()
                 .map(|(a, m)| (a, EthernetAddress(m)))
                 .collect(),
+            front_macs: HashMap::new(),
+            listeners,
             outbox: LocalCommit::new(),
             hs_tx: job_tx,
             hs_rx: done_rx,
@@ -267,6 +293,12 @@ impl Worker {
             let got = self.receive(now)?;
             let hs = self.handshake_results(now);
             self.run_timers(now);
+            for i in 0..self.listeners.len() {
+                if self.listeners[i].poll_timeout().is_some_and(|t| t <= now) {
+                    self.listeners[i].handle_timeout(now);
+                    self.listener_io(now, i)?;
+                }
+            }
             // Flows that took segments seal what is left of their batch.
             let touched: Vec<u64> = self.dirty.clone();
             self.service_dirty(now)?;
@@ -330,10 +362,31 @@ impl Worker {
             }
             let syn = p.tcp.flags.syn() && !p.tcp.flags.ack() && !p.tcp.flags.rst();
             let service = self.cfg.services.iter().position(|s| s.addr == tuple.local);
-            if let (true, Some(service)) = (syn, service) {
-                return self.accept(now, service, tuple, p.eth.src_addr, &p.tcp);
+            let Some(service) = service else {
+                return self.reset(true, p.eth.src_addr, tuple, &p.tcp);
+            };
+            if syn {
+                let m = &self.shared.metrics;
+                if self.shared.draining.load(Ordering::Relaxed)
+                    || self.shared.shutdown.load(Ordering::Relaxed)
+                {
+                    m.flows_refused_draining.inc();
+                    return self.reset(true, p.eth.src_addr, tuple, &p.tcp);
+                }
+                if self.flows.len() >= self.shared.max_flows {
+                    m.flows_refused_limit.inc();
+                    return self.reset(true, p.eth.src_addr, tuple, &p.tcp);
+                }
             }
-            self.reset(true, p.eth.src_addr, tuple, &p.tcp)
+            if self.front_macs.len() >= MAX_FRONT_MACS {
+                // A flood of spoofed sources: forget them all rather than grow.
+                self.front_macs.clear();
+            }
+            self.front_macs.insert(p.ip.src_addr, p.eth.src_addr);
+            if let Some(listener) = self.listeners.get_mut(service) {
+                listener.handle_segment(now, tuple, &p.tcp);
+            }
+            self.listener_io(now, service)
         } else {
             self.neighbours.insert(p.ip.src_addr, p.eth.src_addr);
             if let Some(&id) = self.by_back.get(&tuple) {
@@ -361,25 +414,56 @@ impl Worker {
         Ok(())
     }
 
+    /// Sends what a listener has to send and turns its completed
+    /// connections into flows.
+    fn listener_io(&mut self, now: Instant, service: usize) -> Result<(), WorkerError> {
+        let Some(listener) = self.listeners.get_mut(service) else {
+            return Ok(());
+        };
+        let mut out = Vec::new();
+        while let Some((tuple, seg)) = listener.poll_transmit(now, &mut self.scratch) {
+            let mut buf = vec![0u8; seg.payload.len()];
+            buf.copy_from_slice(seg.payload);
+            out.push((
+                tuple,
+                TcpRepr {
+                    payload: &[],
+                    ..seg
+                },
+                buf,
+            ));
+        }
+        let mut accepted = Vec::new();
+        while let Some((tuple, conn)) = listener.accept() {
+            accepted.push((tuple, conn));
+        }
+        for (tuple, seg, payload) in out {
+            let seg = TcpRepr {
+                payload: &payload,
+                ..seg
+            };
+            if let Some(mac) = self.front_macs.get(tuple.remote.ip()).copied() {
+                self.emit(true, mac, tuple, &seg)?;
+            }
+        }
+        for (tuple, conn) in accepted {
+            self.accept(now, service, tuple, conn)?;
+        }
+        Ok(())
+    }
+
     fn accept(
         &mut self,
         now: Instant,
         service: usize,
         tuple: FourTuple,
-        mac: EthernetAddress,
-        syn: &TcpRepr<'_>,
+        mut conn: relay_tcp::Connection,
     ) -> Result<(), WorkerError> {
-        let m = &self.shared.metrics;
-        if self.shared.draining.load(Ordering::Relaxed)
-            || self.shared.shutdown.load(Ordering::Relaxed)
-        {
-            m.flows_refused_draining.inc();
-            return self.reset(true, mac, tuple, syn);
-        }
-        if self.flows.len() >= self.shared.max_flows {
-            m.flows_refused_limit.inc();
-            return self.reset(true, mac, tuple, syn);
-        }
+        let mac = self
+            .front_macs
+            .get(tuple.remote.ip())
+            .copied()
+            .unwrap_or(EthernetAddress([0xff; 6]));
         let tls = {
             let guard = match self.shared.tls.read() {
                 Ok(g) => g,
@@ -387,26 +471,40 @@ impl Worker {
             };
             guard.get(service).cloned()
         };
-        let Some(tls) = tls else {
-            return self.reset(true, mac, tuple, syn);
+        let refuse = self.flows.len() >= self.shared.max_flows
+            || self.shared.draining.load(Ordering::Relaxed)
+            || tls.is_none();
+        let flow = match tls {
+            Some(tls) if !refuse => {
+                let id = self.next_id;
+                Flow::from_accepted(FlowId(id), self.cfg.flow.clone(), conn, &tls, now)
+                    .map_err(|e| e.to_string())
+            }
+            _ => {
+                conn.abort();
+                while let Some(seg) = conn.poll_transmit(now, &mut self.scratch) {
+                    send_segment(
+                        self.front.as_mut(),
+                        EthernetAddress(self.cfg.front_mac),
+                        mac,
+                        tuple,
+                        &seg,
+                    )?;
+                }
+                self.shared.metrics.flows_refused_limit.inc();
+                return Ok(());
+            }
+        };
+        let flow = match flow {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a flow");
+                return Ok(());
+            }
         };
         let id = self.next_id;
         self.next_id += 1;
-        let flow = match Flow::accept(
-            FlowId(id),
-            self.cfg.flow.clone(),
-            tuple,
-            syn,
-            &self.secret,
-            &tls,
-            now,
-        ) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::debug!(error = %e, "refusing a SYN");
-                return self.reset(true, mac, tuple, syn);
-            }
-        };
+        let m = &self.shared.metrics;
         m.flows_opened.inc();
         m.flows_active.add(1);
         self.by_front.insert(tuple, id);
@@ -743,12 +841,26 @@ impl Worker {
         if let Ok(mut g) = self.shared.flows.lock() {
             *g = lines;
         }
+        let evicted: u64 = self
+            .listeners
+            .iter()
+            .map(|l| l.stats().half_open_evicted)
+            .sum();
+        self.shared.metrics.half_open_evicted.set_total(evicted);
+        let half_open: usize = self.listeners.iter().map(Listener::half_open).sum();
+        self.shared.metrics.half_open.set(half_open as i64);
         self.front_dev.update(&self.front.stats());
         self.back_dev.update(&self.back.stats());
     }
 
     fn wait(&mut self, now: Instant) -> Result<(), WorkerError> {
-        let next = self.timers.peek().map(|r| r.0.0);
+        let next = self
+            .timers
+            .peek()
+            .map(|r| r.0.0)
+            .into_iter()
+            .chain(self.listeners.iter().filter_map(Listener::poll_timeout))
+            .min();
         let mut timeout = Duration::from_millis(100);
         if let Some(t) = next {
             timeout = timeout.min(t.saturating_duration_since(now));

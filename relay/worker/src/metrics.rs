@@ -48,6 +48,10 @@ pub struct RelayMetrics {
     pub commit_latency: Histogram,
     /// Frames that did not parse as Ethernet/IPv4/TCP.
     pub frames_malformed: Counter,
+    /// Half-open connections pushed out by new SYNs (table full: a flood).
+    pub half_open_evicted: Counter,
+    /// Client connections in SYN-RECEIVED now.
+    pub half_open: Gauge,
     /// Resets sent to segments of no flow.
     pub resets_sent: Counter,
 }
@@ -205,6 +209,16 @@ impl RelayMetrics {
             frames_malformed: r.counter(
                 "relay_frames_malformed_total",
                 "Steered frames that did not parse as Ethernet/IPv4/TCP.",
+                &[],
+            ),
+            half_open_evicted: r.counter(
+                "relay_half_open_evicted_total",
+                "Half-open connections pushed out by new SYNs while the table was full (SYN flood).",
+                &[],
+            ),
+            half_open: r.gauge(
+                "relay_half_open",
+                "Client connections in SYN-RECEIVED.",
                 &[],
             ),
             resets_sent: r.counter(
