@@ -32,6 +32,7 @@ pub mod load;
 pub mod netns;
 pub mod peers;
 pub mod pki;
+pub mod relay;
 pub mod responder;
 pub mod tcp_host;
 

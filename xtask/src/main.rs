@@ -438,6 +438,8 @@ fn test(fuzz_seconds: u64) -> Result<()> {
             "warnings",
         ],
     )?;
+    // `cargo test --workspace` also builds target/debug/relay (relay-app has
+    // integration tests), which the relay-lab tests run.
     step("cargo test (unit, BPF verdict and lab tests; needs root)");
     let mut totals = TestTotals::default();
     cargo_test(&root(), &["test", "--workspace"], &mut totals)?;

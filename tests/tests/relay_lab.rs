@@ -1,0 +1,1223 @@
+//! The `relay` binary end to end in the lab, with real clients: curl (TLS
+//! 1.2 and 1.3, 1 GiB down, 256 MiB up), openssl s_client and Python `ssl`
+//! resuming sessions, gnutls-cli, 1000 concurrent `lab-load` connections, a
+//! real Prometheus scraping the admin endpoint, the CLI (status, flows,
+//! drain, reload, run --check) and bad input (SYN flood, garbage frames,
+//! TLS garbage, a stalled handshake, a resetting backend) while a normal
+//! download stays byte-exact.
+//!
+//! Needs root and the `relay` binary built (`cargo build -p relay-app --bin
+//! relay`; `cargo xtask test` does it). Every test builds its own lab (a
+//! unique prefix), so they run in parallel; guards remove everything also
+//! when a test fails. Run with `--nocapture` to see the figures.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use relay_lab::peers::{BackendServer, body_stream, pattern_sha256};
+use relay_lab::pki::{KeyKind, SERVER_NAME, TestPki};
+use relay_lab::relay::{RelayConfig, RelayProcess, ServiceSpec};
+use relay_lab::{Lab, Node, addr, unique_prefix, wait_for};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+
+// ---------------------------------------------------------------------------
+// Harness
+
+/// A `bash -c` script running inside a lab node in its own process group;
+/// [`Script::finish`] waits with a deadline, and drop kills the whole group.
+struct Script {
+    child: Child,
+    what: String,
+    started: Instant,
+    stdout: Option<std::thread::JoinHandle<String>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+/// What a finished [`Script`] left.
+#[derive(Debug)]
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Finished {
+    fn ok(&self) -> bool {
+        self.status.success()
+    }
+}
+
+fn drain_pipe(pipe: Option<impl Read + Send + 'static>) -> Option<std::thread::JoinHandle<String>> {
+    pipe.map(|mut p| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = p.read_to_end(&mut bytes);
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    })
+}
+
+impl Script {
+    fn spawn(lab: &Lab, node: Node, script: &str) -> Script {
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &lab.ns(node), "bash", "-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning `{script}`: {e}"));
+        let stdout = drain_pipe(child.stdout.take());
+        let stderr = drain_pipe(child.stderr.take());
+        Script {
+            child,
+            what: script.to_string(),
+            started: Instant::now(),
+            stdout,
+            stderr,
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the end, at most `timeout` from the start; panics on timeout.
+    fn finish(mut self, timeout: Duration) -> Finished {
+        let deadline = self.started + timeout;
+        let status = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                self.kill_group();
+                let stderr = self.stderr.take().map(|h| h.join().unwrap_or_default());
+                panic!(
+                    "`{}` did not finish within {timeout:?}; stderr: {}",
+                    self.what,
+                    stderr.unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let elapsed = self.started.elapsed();
+        Finished {
+            status,
+            stdout: self
+                .stdout
+                .take()
+                .map(|h| h.join().unwrap_or_default())
+                .unwrap_or_default(),
+            stderr: self
+                .stderr
+                .take()
+                .map(|h| h.join().unwrap_or_default())
+                .unwrap_or_default(),
+            elapsed,
+        }
+    }
+
+    fn kill_group(&mut self) {
+        let pgid = self.child.id();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.kill_group();
+        }
+    }
+}
+
+/// Runs `script` in `node` to its end (at most `timeout`).
+fn sh(lab: &Lab, node: Node, script: &str, timeout: Duration) -> Finished {
+    Script::spawn(lab, node, script).finish(timeout)
+}
+
+/// A relay in a lab with a backend and a PKI. Fields drop in order: the
+/// relay, the backends, the PKI, then the lab.
+struct Setup {
+    relay: RelayProcess,
+    _backends: Vec<BackendServer>,
+    pki: TestPki,
+    lab: Lab,
+}
+
+fn lab_backend() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_lab-backend"))
+}
+
+/// Lab, PKI (ECDSA), `lab-backend` on 10.200.2.10:8080, and a relay
+/// configured by `configure` from [`RelayConfig::lab`].
+fn setup(tag: &str, configure: impl FnOnce(RelayConfig, &TestPki) -> RelayConfig) -> Setup {
+    let lab = Lab::up(&unique_prefix(tag)).expect("lab up");
+    let pki = TestPki::generate(KeyKind::EcdsaP256).expect("test PKI");
+    let backend = BackendServer::spawn_in(
+        &lab,
+        Node::Backend,
+        lab_backend(),
+        &format!("{}:8080", addr::BACKEND),
+        &[],
+    )
+    .expect("lab-backend");
+    let config = configure(RelayConfig::lab(&pki.cert_chain, &pki.key), &pki);
+    let started = Instant::now();
+    let relay = RelayProcess::start(&lab, &config).expect("relay run");
+    eprintln!(
+        "[{tag}] relay up in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    Setup {
+        relay,
+        _backends: vec![backend],
+        pki,
+        lab,
+    }
+}
+
+impl Setup {
+    fn ca(&self) -> String {
+        self.pki.ca.to_string_lossy().into_owned()
+    }
+
+    /// `curl` to the VIP for `relay.lab` trusting `ca`, with `opts`.
+    fn curl(&self, ca: &str, opts: &str, path: &str) -> String {
+        format!(
+            "curl -sS --fail --cacert {ca} --resolve {SERVER_NAME}:443:{vip} \
+             --connect-timeout 10 {opts} https://{SERVER_NAME}{path}",
+            vip = addr::VIP,
+        )
+    }
+
+    /// A download of `n` pattern bytes piped into sha256sum: a script
+    /// printing the hash (and failing if curl fails).
+    fn download_script(&self, ca: &str, opts: &str, n: u64) -> String {
+        format!(
+            "set -o pipefail; {} | sha256sum | cut -c1-64",
+            self.curl(ca, opts, &format!("/bytes/{n}"))
+        )
+    }
+
+    /// Starts a download of `n` bytes in the client node.
+    fn start_download(&self, opts: &str, n: u64) -> Script {
+        Script::spawn(
+            &self.lab,
+            Node::Client,
+            &self.download_script(&self.ca(), opts, n),
+        )
+    }
+
+    /// Waits for a download started by [`Setup::start_download`] and checks
+    /// it byte-exact; returns MB/s.
+    fn check_download(&self, script: Script, n: u64, timeout: Duration, what: &str) -> f64 {
+        let done = script.finish(timeout);
+        assert!(
+            done.ok(),
+            "{what}: curl failed ({}): {}\nrelay log:\n{}",
+            done.status,
+            done.stderr,
+            self.relay.log_tail(30)
+        );
+        assert_eq!(
+            done.stdout.trim(),
+            pattern_sha256(n),
+            "{what}: body of {n} bytes differs"
+        );
+        let rate = n as f64 / done.elapsed.as_secs_f64() / 1e6;
+        eprintln!(
+            "{what}: {n} bytes byte-exact in {:.2} s ({rate:.1} MB/s)",
+            done.elapsed.as_secs_f64()
+        );
+        rate
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.relay
+            .metrics()
+            .expect("GET /metrics")
+            .sum(name, labels)
+    }
+}
+
+/// Writes the first `n` bytes of the body pattern to `path`.
+fn write_pattern_file(path: &Path, n: u64) {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    let mut stream = body_stream();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = n;
+    while left > 0 {
+        let len = buf.len().min(left as usize);
+        stream.fill(&mut buf[..len]);
+        file.write_all(&buf[..len]).expect("write");
+        left -= len as u64;
+    }
+    file.flush().expect("flush");
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("relay-lab-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+/// Removes a folder on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Real clients
+
+#[test]
+fn curl_moves_a_gibibyte_down_with_tls12_and_tls13_and_256_mib_up() {
+    let s = setup("gib", |c, _| c);
+    let expected = pattern_sha256(GIB);
+    for (version, opts) in [
+        ("TLSv1.2", "--tlsv1.2 --tls-max 1.2"),
+        ("TLSv1.3", "--tlsv1.3"),
+    ] {
+        // curl -v names the negotiated version on stderr.
+        let script = format!(
+            "set -o pipefail; {} -v 2>/tmp/curl-$$.err | sha256sum | cut -c1-64; \
+             grep -o 'SSL connection using TLSv1\\.[0-9]' /tmp/curl-$$.err; rm -f /tmp/curl-$$.err",
+            s.curl(&s.ca(), opts, &format!("/bytes/{GIB}"))
+        );
+        let done = sh(&s.lab, Node::Client, &script, Duration::from_secs(240));
+        assert!(
+            done.ok(),
+            "{version}: {} {}\n{}",
+            done.status,
+            done.stderr,
+            s.relay.log_tail(30)
+        );
+        let mut lines = done.stdout.lines();
+        assert_eq!(
+            lines.next(),
+            Some(expected.as_str()),
+            "{version}: 1 GiB body"
+        );
+        assert_eq!(
+            lines.next(),
+            Some(format!("SSL connection using {version}").as_str())
+        );
+        eprintln!(
+            "curl {version}: 1 GiB down byte-exact in {:.1} s ({:.1} MB/s)",
+            done.elapsed.as_secs_f64(),
+            GIB as f64 / done.elapsed.as_secs_f64() / 1e6
+        );
+    }
+
+    let dir = TempDir(temp_dir("upload"));
+    let file = dir.0.join("upload.bin");
+    let n = 256 * MIB;
+    write_pattern_file(&file, n);
+    // -T streams the file (PUT; /upload takes PUT and POST); no
+    // `Expect: 100-continue` round.
+    let done = sh(
+        &s.lab,
+        Node::Client,
+        &s.curl(
+            &s.ca(),
+            &format!("-H 'Expect:' -T {}", file.display()),
+            "/upload",
+        ),
+        Duration::from_secs(120),
+    );
+    assert!(done.ok(), "upload: {} {}", done.status, done.stderr);
+    assert_eq!(done.stdout, format!("{} {n}\n", pattern_sha256(n)));
+    eprintln!(
+        "curl: 256 MiB up, backend's hash matches, in {:.1} s ({:.1} MB/s)",
+        done.elapsed.as_secs_f64(),
+        n as f64 / done.elapsed.as_secs_f64() / 1e6
+    );
+    let status = s.relay.status().expect("status");
+    assert!(status.bytes_down >= 2 * GIB, "{status:?}");
+    assert!(status.bytes_up >= n, "{status:?}");
+}
+
+/// The request of the one-shot clients: 1000 pattern bytes, then close.
+fn small_request() -> String {
+    format!("GET /bytes/1000 HTTP/1.1\\r\\nHost: {SERVER_NAME}\\r\\nConnection: close\\r\\n\\r\\n")
+}
+
+/// `openssl s_client` twice with `flag` (`-tls1_2`, `-tls1_3`): the first
+/// saves its session (`-sess_out`), the second offers it (`-sess_in`) and
+/// must say "Reused".
+fn openssl_resumes(tag: &str, version: &str, flag: &str) {
+    let s = setup(tag, |c, _| c);
+    let dir = TempDir(temp_dir(&format!("resume-{}", s.lab.prefix())));
+    let sess = dir.0.join("session.pem");
+    // -ign_eof: read to the server's close, so a TLS 1.3 ticket (sent after
+    // the handshake) is in the saved session.
+    let s_client = |sess_opt: &str| {
+        format!(
+            "printf '{}' | openssl s_client -connect {}:443 -servername {SERVER_NAME} \
+             -CAfile {} -verify_return_error {flag} -ign_eof {sess_opt} {} 2>&1",
+            small_request(),
+            addr::VIP,
+            s.ca(),
+            sess.display()
+        )
+    };
+    let first = sh(
+        &s.lab,
+        Node::Client,
+        &s_client("-sess_out"),
+        Duration::from_secs(20),
+    );
+    assert!(first.ok(), "{version} first: {}", first.stdout);
+    assert!(
+        first.stdout.contains(&format!("New, {version}")),
+        "{version} first: {}",
+        first.stdout
+    );
+    assert!(first.stdout.contains("Verify return code: 0 (ok)"));
+    assert!(first.stdout.contains("HTTP/1.1 200"), "{}", first.stdout);
+    let second = sh(
+        &s.lab,
+        Node::Client,
+        &s_client("-sess_in"),
+        Duration::from_secs(20),
+    );
+    assert!(second.ok(), "{version} second: {}", second.stdout);
+    assert!(
+        second.stdout.contains(&format!("Reused, {version}")),
+        "{version} second connection not resumed:\n{}",
+        second.stdout
+    );
+    assert!(second.stdout.contains("HTTP/1.1 200"), "{}", second.stdout);
+    eprintln!("openssl s_client {version}: Reused");
+    let status = s.relay.status().expect("status");
+    assert!(status.handshakes_resumed >= 1, "{status:?}");
+}
+
+#[test]
+fn openssl_s_client_resumes_a_tls12_session() {
+    openssl_resumes("osslv12", "TLSv1.2", "-tls1_2");
+}
+
+#[test]
+fn openssl_s_client_resumes_a_tls13_session() {
+    openssl_resumes("osslv13", "TLSv1.3", "-tls1_3");
+}
+
+#[test]
+fn python_ssl_resumes_sessions_with_tls12_and_tls13() {
+    let s = setup("python", |c, _| c);
+    let dir = TempDir(temp_dir(&format!("python-{}", s.lab.prefix())));
+    let script = dir.0.join("resume.py");
+    std::fs::write(&script, PYTHON_RESUME).expect("write");
+    let done = sh(
+        &s.lab,
+        Node::Client,
+        &format!("python3 {} {} {}", script.display(), s.ca(), addr::VIP),
+        Duration::from_secs(30),
+    );
+    assert!(done.ok(), "python: {}{}", done.stdout, done.stderr);
+    for version in ["TLSv1.2", "TLSv1.3"] {
+        assert!(
+            done.stdout.contains(&format!(
+                "{version} first_reused=False second_reused=True body_ok=True"
+            )),
+            "python {version}:\n{}{}",
+            done.stdout,
+            done.stderr
+        );
+    }
+    eprint!("python ssl:\n{}", done.stdout);
+    let status = s.relay.status().expect("status");
+    assert!(status.handshakes_resumed >= 2, "{status:?}");
+}
+
+/// `gnutls-cli` with `priority` fetches /bytes/1000: its stdin (a fifo)
+/// stays open until it exits at the server's close; the body is checked.
+fn gnutls_fetches(tag: &str, priority: &str, description: &str) {
+    let s = setup(tag, |c, _| c);
+    let dir = TempDir(temp_dir(&format!("gnutls-{}", s.lab.prefix())));
+    let out = dir.0.join("out");
+    let log = dir.0.join("log");
+    let fifo = dir.0.join("stdin");
+    let done = sh(
+        &s.lab,
+        Node::Client,
+        &format!(
+            "mkfifo {fifo}; gnutls-cli --logfile={log} --priority {priority} --x509cafile {ca} \
+             --port 443 --sni-hostname {SERVER_NAME} --verify-hostname {SERVER_NAME} {vip} \
+             < {fifo} > {out} & g=$!; exec 3>{fifo}; printf '{request}' >&3; wait $g; rc=$?; \
+             exec 3>&-; tail -c 1000 {out} | sha256sum | cut -c1-64; head -1 {out}; exit $rc",
+            fifo = fifo.display(),
+            log = log.display(),
+            out = out.display(),
+            ca = s.ca(),
+            vip = addr::VIP,
+            request = small_request(),
+        ),
+        Duration::from_secs(20),
+    );
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        done.ok(),
+        "gnutls-cli: {} {}\n{said}",
+        done.status,
+        done.stderr
+    );
+    let mut lines = done.stdout.lines();
+    assert_eq!(lines.next(), Some(pattern_sha256(1000).as_str()), "{said}");
+    assert_eq!(
+        lines.next().map(str::trim_end),
+        Some("HTTP/1.1 200 OK"),
+        "{said}"
+    );
+    assert!(said.contains(description), "{said}");
+    eprintln!("gnutls-cli {priority}: fetched /bytes/1000 byte-exact ({description})");
+}
+
+#[test]
+fn gnutls_cli_fetches_with_tls12() {
+    gnutls_fetches("gnutls12", "NORMAL:-VERS-TLS1.3", "(TLS1.2-X.509)");
+}
+
+#[test]
+fn gnutls_cli_fetches_with_tls13() {
+    gnutls_fetches("gnutls13", "NORMAL", "(TLS1.3-X.509)");
+}
+
+/// argv: CA file, VIP. For TLS 1.2 and 1.3: a first connection, then a
+/// second one offering the first's session.
+const PYTHON_RESUME: &str = r#"
+import hashlib, socket, ssl, sys
+ca, vip = sys.argv[1], sys.argv[2]
+REQ = b"GET /bytes/1000 HTTP/1.1\r\nHost: relay.lab\r\nConnection: close\r\n\r\n"
+
+def fetch(ctx, session=None):
+    raw = socket.create_connection((vip, 443), timeout=10)
+    s = ctx.wrap_socket(raw, server_hostname="relay.lab", session=session)
+    s.sendall(REQ)
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    body = data.split(b"\r\n\r\n", 1)[1]
+    version, session, reused = s.version(), s.session, s.session_reused
+    s.close()
+    return version, session, reused, body
+
+for name, version in (("TLSv1.2", ssl.TLSVersion.TLSv1_2), ("TLSv1.3", ssl.TLSVersion.TLSv1_3)):
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.minimum_version = version
+    ctx.maximum_version = version
+    v1, session, reused1, body1 = fetch(ctx)
+    v2, _, reused2, body2 = fetch(ctx, session=session)
+    assert v1 == name and v2 == name, (v1, v2)
+    print(f"{name} first_reused={reused1} second_reused={reused2} "
+          f"body_ok={len(body1) == 1000 and body1 == body2}")
+"#;
+
+#[test]
+#[ignore = "relay bug: throughput collapses with hundreds of flows (lab-load x 1 MiB: 100 conns 66 MB/s, \
+            300 conns 5.9 MB/s in 53 s, 1000 conns not done in 300 s): relay_device_rx_dropped_total{interface=\"back\"} \
+            climbs (47805 frames for 300 conns) and the backend recovers by RTO"]
+fn lab_load_holds_1000_connections_each_moving_1_mib() {
+    let s = setup("thousand", |c, _| c);
+    let done = sh(
+        &s.lab,
+        Node::Client,
+        &format!(
+            "{} --connect {}:443 --sni {SERVER_NAME} --ca {} \
+             --connections 1000 --bytes {} --timeout 120",
+            env!("CARGO_BIN_EXE_lab-load"),
+            addr::VIP,
+            s.ca(),
+            MIB
+        ),
+        Duration::from_secs(300),
+    );
+    eprint!("lab-load: {}{}", done.stdout, done.stderr);
+    assert!(
+        done.ok(),
+        "lab-load failed ({}):\n{}\nrelay log:\n{}",
+        done.status,
+        done.stdout.lines().take(20).collect::<Vec<_>>().join("\n"),
+        s.relay.log_tail(30)
+    );
+    assert!(
+        done.stdout.contains("connections=1000 ok=1000 failed=0"),
+        "{}",
+        done.stdout
+    );
+    let status = s.relay.status().expect("status");
+    assert!(status.flows_opened >= 1000, "{status:?}");
+}
+
+/// A Prometheus server in the client node, killed on drop.
+struct Prometheus {
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn prometheus_scrapes_the_admin_endpoint() {
+    let s = setup("prom", |c, _| c);
+    let dir = TempDir(temp_dir(&format!("prom-{}", s.lab.prefix())));
+    let config = dir.0.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: relay\n    static_configs:\n      - targets: ['{}']\n",
+            relay_lab::relay::ADMIN_ADDR
+        ),
+    )
+    .expect("write");
+    let listen = format!("{}:9090", addr::CLIENT);
+    let child = s
+        .lab
+        .spawn(
+            Node::Client,
+            "prometheus",
+            &[
+                &format!("--config.file={}", config.display()),
+                &format!("--storage.tsdb.path={}", dir.0.join("data").display()),
+                &format!("--web.listen-address={listen}"),
+            ],
+        )
+        .expect("prometheus (cargo xtask setup installs it)");
+    let _prometheus = Prometheus { child, _dir: dir };
+    // One flow, so that relay_flows_opened_total is above 0.
+    let n = MIB;
+    let dl = s.start_download("", n);
+    s.check_download(dl, n, Duration::from_secs(30), "download");
+    let query = |q: &str| -> Option<f64> {
+        let done = sh(
+            &s.lab,
+            Node::Client,
+            &format!(
+                "curl -sS --max-time 2 -G --data-urlencode 'query={q}' http://{listen}/api/v1/query"
+            ),
+            Duration::from_secs(10),
+        );
+        let v: serde_json::Value = serde_json::from_str(&done.stdout).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+    let started = Instant::now();
+    let opened = wait_for(
+        Duration::from_secs(60),
+        "Prometheus to hold relay_flows_opened_total > 0",
+        || query("relay_flows_opened_total").filter(|v| *v > 0.0),
+    )
+    .unwrap();
+    let up = wait_for(Duration::from_secs(30), "up{job=\"relay\"} == 1", || {
+        query("up{job=\"relay\"}").filter(|v| *v == 1.0)
+    })
+    .unwrap();
+    eprintln!(
+        "prometheus: relay_flows_opened_total={opened} up={up} after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The CLI
+
+#[test]
+fn cli_status_flows_and_drain() {
+    let s = setup("drain", |c, _| c);
+    let status = s.relay.status().expect("status");
+    assert_eq!(status.state, "running");
+    assert_eq!(status.backends.len(), 1, "{status:?}");
+    assert_eq!(
+        status.backends[0].addr.to_string(),
+        format!("{}:8080", addr::BACKEND)
+    );
+    let human =
+        String::from_utf8_lossy(&s.relay.cli(&["status"]).expect("status").stdout).into_owned();
+    assert!(
+        human.contains("state") && human.contains("running"),
+        "{human}"
+    );
+    eprint!("relay status:\n{human}");
+
+    // A slow download (about 8 s) stays open while we look and drain.
+    let n = 8 * MIB;
+    let slow = s.start_download("--limit-rate 1M", n);
+    let backend = format!("{}:8080", addr::BACKEND);
+    let flow = wait_for(
+        Duration::from_secs(10),
+        "the download in `relay flows`",
+        || {
+            s.relay.flows().ok()?.into_iter().find(|f| {
+                f.client.ip().to_string() == addr::CLIENT.to_string()
+                    && f.backend.map(|b| b.to_string()) == Some(backend.clone())
+            })
+        },
+    )
+    .unwrap();
+    eprintln!("relay flows --json: {flow:?}");
+    let human =
+        String::from_utf8_lossy(&s.relay.cli(&["flows"]).expect("flows").stdout).into_owned();
+    assert!(human.contains(&format!("-> {backend}")), "{human}");
+    eprint!("relay flows:\n{human}");
+
+    let said = s.relay.drain().expect("drain");
+    eprint!("relay drain: {said}");
+    assert_eq!(s.relay.status().expect("status").state, "draining");
+    // A new connection is refused while the open one carries on.
+    let refused = sh(
+        &s.lab,
+        Node::Client,
+        &s.curl(&s.ca(), "--max-time 10", "/bytes/1000"),
+        Duration::from_secs(20),
+    );
+    assert!(
+        !refused.ok(),
+        "a new connection went through while draining"
+    );
+    assert_eq!(
+        refused.status.code(),
+        Some(7),
+        "curl should fail to connect (exit 7): {}",
+        refused.stderr
+    );
+    eprintln!("new connection while draining: {}", refused.stderr.trim());
+    assert!(
+        s.relay
+            .flows()
+            .expect("flows")
+            .iter()
+            .any(|f| f.id == flow.id)
+    );
+    s.check_download(
+        slow,
+        n,
+        Duration::from_secs(60),
+        "download across the drain",
+    );
+    assert!(s.metric("relay_flows_refused_total", &[("reason", "draining")]) >= 1.0);
+}
+
+#[test]
+fn cli_reload_swaps_the_certificate_for_new_connections_only() {
+    let dir = TempDir(temp_dir("reload"));
+    let cert = dir.0.join("server.crt");
+    let key = dir.0.join("server.key");
+    let s = setup("reload", |c, pki| {
+        std::fs::copy(&pki.cert_chain, &cert).expect("copy");
+        std::fs::copy(&pki.key, &key).expect("copy");
+        RelayConfig {
+            services: vec![ServiceSpec::lab(&cert, &key)],
+            ..c
+        }
+    });
+    let old_ca = s.ca();
+    let n = 8 * MIB;
+    let slow = s.start_download("--limit-rate 1M", n);
+    wait_for(Duration::from_secs(10), "the old download's flow", || {
+        (s.relay.status().ok()?.flows_active > 0).then_some(())
+    })
+    .unwrap();
+
+    let new_pki = TestPki::generate(KeyKind::Rsa2048).expect("second PKI");
+    // Replace the files the configuration names, then reload.
+    std::fs::copy(&new_pki.cert_chain, &cert).expect("copy");
+    std::fs::copy(&new_pki.key, &key).expect("copy");
+    let said = s.relay.reload().expect("reload");
+    eprint!("relay reload: {said}");
+    assert!(said.contains("1 certificate"), "{said}");
+
+    let new_ca = new_pki.ca.to_string_lossy().into_owned();
+    let fresh = sh(
+        &s.lab,
+        Node::Client,
+        &s.download_script(&new_ca, "", MIB),
+        Duration::from_secs(30),
+    );
+    assert!(
+        fresh.ok(),
+        "new connection with the new CA: {}",
+        fresh.stderr
+    );
+    assert_eq!(fresh.stdout.trim(), pattern_sha256(MIB));
+    let stale = sh(
+        &s.lab,
+        Node::Client,
+        &s.curl(&old_ca, "", "/bytes/1000"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        stale.status.code(),
+        Some(60),
+        "the old CA must no longer verify a new connection: {}",
+        stale.stderr
+    );
+    s.check_download(
+        slow,
+        n,
+        Duration::from_secs(60),
+        "download across the reload",
+    );
+}
+
+/// `relay run --check --config FILE` on `text` (written into `dir`):
+/// exit status and everything it printed.
+fn run_check(dir: &Path, text: &str) -> (ExitStatus, String) {
+    let bin = relay_lab::relay::relay_binary().expect("relay binary");
+    let path = dir.join("relay.toml");
+    std::fs::write(&path, text).expect("write");
+    let out = Command::new(&bin)
+        .args(["run", "--check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("relay run --check");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// A good configuration (certificates that exist) and its folder.
+fn check_fixture() -> (TestPki, TempDir, String) {
+    let pki = TestPki::generate(KeyKind::EcdsaP256).expect("PKI");
+    let dir = TempDir(temp_dir(&format!("check-{}", unique_prefix("c"))));
+    let good = RelayConfig::lab(&pki.cert_chain, &pki.key)
+        .max_flows(1000)
+        .to_toml(&dir.0.join("relay.sock"));
+    (pki, dir, good)
+}
+
+/// 1-based line of the first line of `text` starting with `prefix`.
+fn line_of(text: &str, prefix: &str) -> usize {
+    text.lines()
+        .position(|l| l.starts_with(prefix))
+        .expect("line present")
+        + 1
+}
+
+#[test]
+fn run_check_accepts_a_good_config_and_names_unknown_and_invalid_fields() {
+    let (_pki, dir, good) = check_fixture();
+    let (status, said) = run_check(&dir.0, &good);
+    assert!(status.success(), "good config refused: {said}");
+    assert!(said.contains("config OK"), "{said}");
+
+    // An unknown field: its name and line.
+    let bad = good.replace("[front]\n", "[front]\ninterfaec = \"front\"\n");
+    let (status, said) = run_check(&dir.0, &bad);
+    eprint!("relay run --check (unknown field):\n{said}");
+    assert!(!status.success());
+    assert!(said.contains("interfaec"), "{said}");
+    let line = line_of(&bad, "interfaec");
+    assert!(
+        said.contains(&format!("relay.toml:{line}:")),
+        "line {line}: {said}"
+    );
+
+    // A value that parses but cannot work names its field.
+    let bad = good.replace("backends = [\"10.200.2.10:8080\"]", "backends = []");
+    assert_ne!(bad, good);
+    let (status, said) = run_check(&dir.0, &bad);
+    eprint!("relay run --check (no backends):\n{said}");
+    assert!(!status.success());
+    assert!(said.contains("service[0].backends"), "{said}");
+}
+
+#[test]
+#[ignore = "relay bug: parse errors (toml's `invalid type: string \"lots\", expected u32`, the port range's own message) give the line but not the field's name"]
+fn run_check_names_the_field_and_line_of_a_type_error() {
+    let (_pki, dir, good) = check_fixture();
+    let bad = good.replace("max_flows = 1000", "max_flows = \"lots\"");
+    let line = line_of(&bad, "max_flows");
+    let (status, said) = run_check(&dir.0, &bad);
+    eprint!("relay run --check (type error):\n{said}");
+    assert!(!status.success());
+    assert!(
+        said.contains(&format!("relay.toml:{line}:")),
+        "line {line}: {said}"
+    );
+    assert!(said.contains("max_flows"), "the field's name: {said}");
+
+    // The same for a value its own parser refuses.
+    let bad = good.replace("ports = \"40000-49999\"", "ports = \"49999-40000\"");
+    let line = line_of(&bad, "ports");
+    let (status, said) = run_check(&dir.0, &bad);
+    eprint!("relay run --check (bad range):\n{said}");
+    assert!(!status.success());
+    assert!(
+        said.contains(&format!("relay.toml:{line}:")),
+        "line {line}: {said}"
+    );
+    assert!(said.contains("ports"), "the field's name: {said}");
+}
+
+// ---------------------------------------------------------------------------
+// Bad input
+
+/// Starts a 10 s `hping3 --flood` of SYNs to VIP:443 from the client node
+/// and waits until the relay has seen 10000 more frames; returns the flood
+/// and a reader of the front's redirect counter.
+fn start_syn_flood(s: &Setup) -> (Script, impl Fn() -> f64 + '_) {
+    let flood = Script::spawn(
+        &s.lab,
+        Node::Client,
+        &format!(
+            "timeout 10 hping3 -q -S -p 443 --flood {} 2>&1; true",
+            addr::VIP
+        ),
+    );
+    let redirected = || {
+        s.metric(
+            "relay_xdp_verdicts_total",
+            &[("interface", "front"), ("verdict", "redirect")],
+        )
+    };
+    let base = redirected();
+    wait_for(
+        Duration::from_secs(10),
+        "the flood to reach the relay",
+        || (redirected() > base + 10_000.0).then_some(()),
+    )
+    .unwrap();
+    (flood, redirected)
+}
+
+#[test]
+fn syn_flood_does_not_disturb_a_download() {
+    let s = setup("synflood", |c, _| c);
+    // About 12 s at 8 MB/s: it spans the 10 s flood.
+    let n = 96 * MIB;
+    let before = s.start_download("--limit-rate 8M", n);
+    wait_for(Duration::from_secs(10), "the download's flow", || {
+        (s.relay.status().ok()?.flows_active > 0).then_some(())
+    })
+    .unwrap();
+    let (flood, redirected) = start_syn_flood(&s);
+    assert!(
+        flood_running_during(&s),
+        "the flood ended before the download"
+    );
+    s.check_download(
+        before,
+        n,
+        Duration::from_secs(120),
+        "download across the SYN flood",
+    );
+    let flood = flood.finish(Duration::from_secs(30));
+    eprint!("hping3: {}", flood.stdout);
+    eprintln!(
+        "flood: {} frames redirected; flows opened {}, refused {}",
+        redirected(),
+        s.metric("relay_flows_opened_total", &[]),
+        s.metric("relay_flows_refused_total", &[])
+    );
+    let after = s.start_download("", MIB);
+    s.check_download(
+        after,
+        MIB,
+        Duration::from_secs(30),
+        "download after the flood",
+    );
+}
+
+/// Whether a SYN flood is still going on (hping3 runs in the client node).
+fn flood_running_during(s: &Setup) -> bool {
+    sh(
+        &s.lab,
+        Node::Client,
+        "pgrep -x hping3",
+        Duration::from_secs(5),
+    )
+    .ok()
+}
+
+#[test]
+#[ignore = "relay (94517e9): the half-open table (max_half_open 16384, oldest evicted) turns over in about \
+            0.3 s under hping3's ~60k SYN/s; when the relay shares the 2 cores with another lab test, a real \
+            client's entry is evicted before its ACK/ClientHello is processed: curl gets (56) `Connection reset \
+            by peer` (or, before 94517e9, (28) no SYN-ACK in 10 s). Passes alone (16 MiB at 1.0 MB/s). No SYN-cookie fallback"]
+fn a_new_connection_is_served_during_a_syn_flood() {
+    let s = setup("synnew", |c, _| c);
+    let (flood, _) = start_syn_flood(&s);
+    let n = 16 * MIB;
+    let during = s.start_download("", n);
+    s.check_download(
+        during,
+        n,
+        Duration::from_secs(60),
+        "download opened during the SYN flood",
+    );
+    drop(flood);
+}
+
+/// argv: interface, destination MAC, count. Sends `count` frames of
+/// garbage to the destination MAC: random bytes, IPv4 with bad lengths,
+/// TCP to VIP:443 with bad checksums or offsets, random EtherTypes.
+const PYTHON_GARBAGE_FRAMES: &str = r#"
+import random, socket, struct, sys
+iface, dst, count = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", "")), int(sys.argv[3])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((iface, 0))
+src = s.getsockname()[4]
+rnd = random.Random(7)
+vip = socket.inet_aton("10.200.1.100")
+me = socket.inet_aton("10.200.1.10")
+
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while t >> 16:
+        t = (t & 0xFFFF) + (t >> 16)
+    return ~t & 0xFFFF
+
+def ipv4(payload, total=None, ihl=5, proto=6):
+    total = 20 + len(payload) if total is None else total
+    h = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, total & 0xFFFF, rnd.getrandbits(16), 0, 64, proto, 0, me, vip)
+    h = h[:10] + struct.pack("!H", csum(h)) + h[12:]
+    return h + payload
+
+def tcp(flags, doff=5, payload=b""):
+    return struct.pack("!HHIIBBHHH", rnd.randint(1024, 65535), 443, rnd.getrandbits(32), rnd.getrandbits(32),
+                       doff << 4, flags, 65535, rnd.getrandbits(16), 0) + payload
+
+sent = 0
+for i in range(count):
+    kind = i % 6
+    if kind == 0:
+        body = rnd.randbytes(rnd.randint(0, 300))
+        frame = dst + src + b"\x08\x00" + body
+    elif kind == 1:   # IPv4 claiming more bytes than the frame holds
+        frame = dst + src + b"\x08\x00" + ipv4(tcp(0x02), total=1400)
+    elif kind == 2:   # IHL below 5
+        frame = dst + src + b"\x08\x00" + ipv4(tcp(0x02), ihl=rnd.randint(0, 4))
+    elif kind == 3:   # TCP data offset beyond the segment
+        frame = dst + src + b"\x08\x00" + ipv4(tcp(0x18, doff=15))
+    elif kind == 4:   # TCP to VIP:443 with a wrong checksum and random payload
+        frame = dst + src + b"\x08\x00" + ipv4(tcp(rnd.getrandbits(8), payload=rnd.randbytes(rnd.randint(0, 200))))
+    else:             # random EtherType
+        frame = dst + src + struct.pack("!H", rnd.getrandbits(16)) + rnd.randbytes(rnd.randint(0, 100))
+    s.send(frame[:1514])
+    sent += 1
+print("sent", sent)
+"#;
+
+/// argv: VIP, handshake timeout (s). TLS garbage after the TCP handshake
+/// and a stalled partial ClientHello; prints how each connection ended.
+const PYTHON_TLS_ABUSE: &str = r#"
+import os, socket, sys, time
+vip, hs_timeout = sys.argv[1], float(sys.argv[2])
+
+def ending(sock, limit):
+    sock.settimeout(limit)
+    start = time.monotonic()
+    got = b""
+    try:
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return "fin", got, time.monotonic() - start
+            got += chunk
+    except ConnectionResetError:
+        return "rst", got, time.monotonic() - start
+    except socket.timeout:
+        return "hang", got, time.monotonic() - start
+
+# 1. Random bytes that are not a TLS record (first byte no content type).
+s = socket.create_connection((vip, 443), timeout=5)
+s.sendall(b"\xff" + os.urandom(999))
+how, got, secs = ending(s, hs_timeout + 8)
+alert = got[:1] == b"\x15"
+print(f"garbage: {how} alert={alert} after={secs:.2f}")
+
+# 2. A handshake record whose body is garbage.
+s = socket.create_connection((vip, 443), timeout=5)
+body = os.urandom(200)
+s.sendall(b"\x16\x03\x01" + len(body).to_bytes(2, "big") + body)
+how, got, secs = ending(s, hs_timeout + 8)
+alert = got[:1] == b"\x15"
+print(f"garbage_handshake: {how} alert={alert} after={secs:.2f}")
+
+# 3. The first 40 bytes of a ClientHello, then nothing.
+s = socket.create_connection((vip, 443), timeout=5)
+hello = b"\x01\x00\x01\xfc\x03\x03" + os.urandom(32) + b"\x00\x00"
+s.sendall(b"\x16\x03\x01\x02\x00" + hello[:35])
+how, got, secs = ending(s, hs_timeout + 8)
+print(f"stalled: {how} after={secs:.2f}")
+"#;
+
+#[test]
+fn garbage_frames_and_tls_garbage_and_a_stalled_handshake() {
+    let s = setup("garbage", |c, _| c.handshake_timeout_ms(2000));
+    let dir = TempDir(temp_dir(&format!("garbage-{}", s.lab.prefix())));
+    let n = 256 * MIB;
+    let download = s.start_download("", n);
+
+    let malformed = || {
+        s.metric("relay_frames_malformed_total", &[])
+            + s.metric(
+                "relay_xdp_verdicts_total",
+                &[("interface", "front"), ("verdict", "drop_malformed")],
+            )
+    };
+    let before = malformed();
+    let relay_mac = s.lab.mac(Node::RelayA, "front").expect("MAC");
+    let mac: Vec<String> = relay_mac.iter().map(|b| format!("{b:02x}")).collect();
+    let frames = dir.0.join("frames.py");
+    std::fs::write(&frames, PYTHON_GARBAGE_FRAMES).expect("write");
+    let sent = sh(
+        &s.lab,
+        Node::Client,
+        &format!("python3 {} eth0 {} 30000", frames.display(), mac.join(":")),
+        Duration::from_secs(60),
+    );
+    assert!(sent.ok(), "garbage frames: {}{}", sent.stdout, sent.stderr);
+    let after = wait_for(
+        Duration::from_secs(10),
+        "the malformed counters to move",
+        || {
+            let m = malformed();
+            (m > before).then_some(m)
+        },
+    )
+    .unwrap();
+    eprintln!(
+        "garbage frames: {} sent; malformed counted {} (relay_frames_malformed_total {}, drop_malformed {})",
+        sent.stdout.trim(),
+        after - before,
+        s.metric("relay_frames_malformed_total", &[]),
+        s.metric(
+            "relay_xdp_verdicts_total",
+            &[("interface", "front"), ("verdict", "drop_malformed")]
+        ),
+    );
+
+    let abuse = dir.0.join("abuse.py");
+    std::fs::write(&abuse, PYTHON_TLS_ABUSE).expect("write");
+    let done = sh(
+        &s.lab,
+        Node::Client,
+        &format!("python3 {} {} 2", abuse.display(), addr::VIP),
+        Duration::from_secs(60),
+    );
+    eprint!("TLS abuse:\n{}{}", done.stdout, done.stderr);
+    assert!(done.ok(), "{}", done.stderr);
+    for case in ["garbage:", "garbage_handshake:", "stalled:"] {
+        let line = done
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(case))
+            .unwrap_or_else(|| panic!("no {case} line"));
+        assert!(!line.contains(" hang "), "connection left hanging: {line}");
+    }
+    let stalled = done
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("stalled:"))
+        .and_then(|l| l.rsplit_once("after="))
+        .and_then(|(_, secs)| secs.parse::<f64>().ok())
+        .expect("stalled time");
+    assert!(
+        (1.5..8.0).contains(&stalled),
+        "the stalled handshake should be closed after about 2 s, was {stalled} s"
+    );
+    assert!(s.metric("relay_handshakes_failed_total", &[("reason", "timeout")]) >= 1.0);
+    assert!(s.metric("relay_handshakes_failed_total", &[("reason", "tls_error")]) >= 1.0);
+
+    s.check_download(
+        download,
+        n,
+        Duration::from_secs(120),
+        "download across the garbage",
+    );
+    let again = s.start_download("", MIB);
+    s.check_download(
+        again,
+        MIB,
+        Duration::from_secs(30),
+        "download after the garbage",
+    );
+}
+
+#[test]
+fn a_resetting_backend_fails_curl_cleanly() {
+    // A second service on VIP:8443 whose backend resets every response
+    // after 100000 bytes; the first keeps a normal backend.
+    let s = setup("reset", |c, pki| {
+        let mut reset = ServiceSpec::lab(&pki.cert_chain, &pki.key);
+        reset.name = "reset".into();
+        reset.port = 8443;
+        reset.backends = vec![std::net::SocketAddrV4::new(addr::BACKEND, 8081)];
+        c.service(reset)
+    });
+    let _resetting = BackendServer::spawn_in(
+        &s.lab,
+        Node::Backend,
+        lab_backend(),
+        &format!("{}:8081", addr::BACKEND),
+        &["--reset-after", "100000"],
+    )
+    .expect("resetting backend");
+    let n = 128 * MIB;
+    let normal = s.start_download("", n);
+    let broken = sh(
+        &s.lab,
+        Node::Client,
+        &format!(
+            "curl -sS --cacert {} --resolve {SERVER_NAME}:8443:{} --max-time 60 \
+             https://{SERVER_NAME}:8443/bytes/{} -o /dev/null",
+            s.ca(),
+            addr::VIP,
+            10 * MIB
+        ),
+        Duration::from_secs(90),
+    );
+    assert!(!broken.ok(), "a reset backend's download succeeded");
+    assert_ne!(
+        broken.status.code(),
+        Some(28),
+        "curl hung until --max-time instead of failing: {}",
+        broken.stderr
+    );
+    assert!(
+        broken.elapsed < Duration::from_secs(20),
+        "curl took {:?} to fail",
+        broken.elapsed
+    );
+    eprintln!(
+        "reset backend: curl failed in {:.2} s with {}: {}",
+        broken.elapsed.as_secs_f64(),
+        broken.status,
+        broken.stderr.trim()
+    );
+    s.check_download(
+        normal,
+        n,
+        Duration::from_secs(120),
+        "download beside the resets",
+    );
+}
