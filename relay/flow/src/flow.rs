@@ -420,6 +420,8 @@ pub struct Flow {
     back_ck: Option<relay_tcp::Checkpoint>,
     /// Carried on from a checkpoint (see `clamp_ack`).
     adopted: bool,
+    /// While replaying: the end of the adopted plan in the client stream.
+    replay_front_end: Option<SeqNumber>,
 }
 
 impl core::fmt::Debug for Flow {
@@ -529,6 +531,7 @@ impl Flow {
             front_ck: None,
             back_ck: None,
             adopted: false,
+            replay_front_end: None,
         }
     }
 
@@ -605,6 +608,10 @@ impl Flow {
         flow.replay_end = (!ck.batches.is_empty()).then(|| ck.traffic.clone());
         flow.replicated = true;
         flow.adopted = true;
+        // The exporter raised `snd_max` to the end of its plan (see
+        // `checkpoint`); its FIN, if it may have sent it, is `snd_fin`.
+        flow.replay_front_end =
+            (!ck.batches.is_empty()).then(|| ck.front.snd_fin.unwrap_or(ck.front.snd_max));
         flow.hs_deadline = None;
         tracing::debug!(id = ck.id.0, batches = ck.batches.len(), "flow adopted");
         Ok(flow)
@@ -841,6 +848,8 @@ impl Flow {
             HandshakeOutcome::Failed(e) => {
                 tracing::debug!(id = self.id.0, error = %e, input = done.input_len, "handshake failed");
                 self.hs_input.clear();
+                // The output holds rustls' alert: queue it before the FIN.
+                self.push_front();
                 self.front.close();
                 self.end(CloseReason::HandshakeFailed);
             }
@@ -1655,11 +1664,14 @@ impl Flow {
         // of unsent data, and the client drops its pure ACKs (whose
         // sequence number, `snd_max`, would lie behind what the client
         // received).
-        let planned_end = seq_at(self.front.iss() + 1, self.client_next);
         // (While an adopter still replays, `client_next` is not the end of
-        // the plan; its engine's `snd_max` and `snd_fin` came with the
-        // checkpoint it adopted.)
-        if self.replay.is_empty() {
+        // the plan: the checkpoint it adopted gave that end.)
+        let planned_end = if self.replay.is_empty() {
+            Some(seq_at(self.front.iss() + 1, self.client_next))
+        } else {
+            self.replay_front_end
+        };
+        if let Some(planned_end) = planned_end {
             let fin_may_go =
                 self.close_planned && self.fail_alert.is_none() && (!self.front_fin || up.fin);
             if fin_may_go && front.snd_fin.is_none() {

@@ -1,0 +1,1759 @@
+//! A deterministic failover simulation of one relayed flow, in virtual time.
+//!
+//! ```text
+//!   client (relay-tcp + rustls)  <-C2R/R2C->  relay A  <-R2S/S2R->  backend (relay-tcp)
+//!                                               |  commits / acks (delayed, in order)
+//!                                               v
+//!                                            relay B  (then B -> C after a second kill)
+//! ```
+//!
+//! Every segment is emitted to bytes with relay-wire (checksums included)
+//! and parsed again on delivery. Each of the four links has its own delay,
+//! rate, loss and reordering, drawn from the seed. The replication channel
+//! carries each commit encoded (`FlowCheckpoint::to_bytes`), the standby
+//! decodes and stores it (in order), acknowledges, and the acknowledgement
+//! travels back before the primary gets `handle_commit_ack`.
+//!
+//! At seeded moments (a fraction of the transfer, or the close) the active
+//! relay vanishes with its unacknowledged commits; after a seeded down time
+//! the standby adopts the flow from the last checkpoint it stored and takes
+//! over the addresses. Segments the dead relay had in flight are dropped or
+//! still delivered (both happen in a real network).
+//!
+//! The client and the backend send seeded byte patterns (full duplex or
+//! request/response), verify every byte they receive at its offset, hash
+//! both streams, and close in a seeded order. A run fails (returns `Err`
+//! with a diagnostic) on a RST anywhere, a TLS error or alert at the
+//! client, a wrong byte, a truncated stream, a flow that does not end
+//! `Closed(Normal)`, or no progress before a virtual deadline.
+//!
+//! With `Params::watch_rule` (the default) the commit rule is also watched
+//! directly: every segment the relay sends must acknowledge nothing, and
+//! carry no record, past what the standby holds at that moment.
+//!
+//! Runs are deterministic for a given build, except that rustls' ECDSA
+//! signatures vary in length by a byte or two (the ECDSA seeds' segment
+//! boundaries move slightly from run to run). `SIM_TRACE=1` prints the
+//! segments after the first kill (`SIM_TRACE_ALL=1`: from the start).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use relay_flow::{
+    CloseReason, CommitNo, Flow, FlowCheckpoint, FlowConfig, FlowEvent, FlowId, FlowMeta, Outbox,
+    Phase,
+};
+use relay_tcp::{
+    Config as TcpConfig, Connection, Event, FourTuple, Instant, IsnSecret, Listener, ReleaseMode,
+    State, TcpRepr,
+};
+use relay_tls::{Suite, TlsServerConfig, UnixTime, Version};
+use relay_wire::TcpPacket;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
+use sha2::{Digest, Sha256};
+
+pub const KIB: usize = 1 << 10;
+pub const MIB: usize = 1 << 20;
+
+pub const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 40000);
+pub const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 443);
+pub const RELAY_BACK: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 100), 50000);
+pub const BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 1), 8080);
+
+/// xoshiro256** seeded through SplitMix64.
+#[derive(Clone, Debug)]
+pub struct Rng {
+    s: [u64; 4],
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            splitmix(x)
+        };
+        Rng {
+            s: [next(), next(), next(), next()],
+        }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = self.s[1] << 17;
+        self.s[2] ^= self.s[0];
+        self.s[3] ^= self.s[1];
+        self.s[1] ^= self.s[2];
+        self.s[0] ^= self.s[3];
+        self.s[2] ^= t;
+        self.s[3] = self.s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && self.unit() < p
+    }
+
+    /// Uniform in [0, n).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+
+    /// Uniform in [lo, hi].
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+
+    pub fn pick<T: Copy>(&mut self, v: &[T]) -> T {
+        v[self.below(v.len() as u64) as usize]
+    }
+}
+
+/// The byte stream of one direction: a function of the offset, so that a
+/// receiver can check every byte where it lands.
+fn fill_pattern(seed: u64, off: u64, out: &mut [u8]) {
+    let mut i = 0;
+    while i < out.len() {
+        let pos = off + i as u64;
+        let w = splitmix(seed ^ (pos / 8).wrapping_mul(0x2545_f491_4f6c_dd1d)).to_le_bytes();
+        let k = (pos % 8) as usize;
+        let n = (8 - k).min(out.len() - i);
+        out[i..i + n].copy_from_slice(&w[k..k + n]);
+        i += n;
+    }
+}
+
+// ----------------------------------------------------------------------
+// Parameters.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Both ends send everything at once.
+    Duplex,
+    /// `rounds` requests of `N / rounds` bytes, each answered by `M / rounds`.
+    RequestResponse { rounds: u64 },
+}
+
+/// Who closes when. Both ends always close; `*_waits` makes that end wait
+/// for the other's close first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloseOrder {
+    pub client_waits: bool,
+    pub backend_waits: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct LinkParams {
+    pub delay: Duration,
+    pub rate: u64,
+    pub loss: f64,
+    pub reorder: f64,
+}
+
+/// When a kill fires.
+#[derive(Clone, Copy, Debug)]
+pub enum Trigger {
+    /// Once this fraction of all bytes (both ways) has been received.
+    Progress(f64),
+    /// Once the flow is closing (a close_notify or FIN has been seen).
+    Closing,
+}
+
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub seed: u64,
+    pub suite: Suite,
+    pub server_name: &'static str,
+    /// Client -> backend bytes.
+    pub up: u64,
+    /// Backend -> client bytes.
+    pub down: u64,
+    pub workload: Workload,
+    pub close: CloseOrder,
+    /// C2R, R2C, R2S, S2R.
+    pub links: [LinkParams; 4],
+    /// One-way backplane delay, min and max (FIFO).
+    pub repl_delay: (Duration, Duration),
+    pub kills: Vec<Trigger>,
+    /// How long the addresses are nobody's after a kill.
+    pub down_time: Duration,
+    /// Segments the dead relay had in flight still arrive.
+    pub keep_stale: bool,
+    pub flow: FlowConfig,
+    pub time_limit: Duration,
+    /// Fail if nothing moves for this long.
+    pub stall_limit: Duration,
+    /// Watch the commit rule directly (every segment the relay sends, and
+    /// what the ends hold, against what the standby holds). Off, only the
+    /// end-to-end outcome (bytes, resets, alerts, progress) is judged.
+    pub watch_rule: bool,
+}
+
+impl Params {
+    /// Everything drawn from the seed; `bytes` bounds each direction.
+    pub fn random(seed: u64, max_bytes: u64, kills: bool) -> Params {
+        let mut rng = Rng::new(seed ^ 0x5eed_f10f);
+        let suite = rng.pick(&Suite::ALL);
+        let server_name = match suite.needs_ecdsa() {
+            Some(true) => "ecdsa.test",
+            Some(false) => "rsa.test",
+            None => rng.pick(&["ecdsa.test", "rsa.test", "localhost"]),
+        };
+        let min = (max_bytes / 8).max(1);
+        let mut up = rng.range(min, max_bytes);
+        let mut down = rng.range(min, max_bytes);
+        let workload = if rng.chance(0.35) {
+            let rounds = rng.range(2, 12);
+            up = up / rounds * rounds;
+            down = down / rounds * rounds;
+            Workload::RequestResponse { rounds }
+        } else {
+            Workload::Duplex
+        };
+        let close = match rng.below(3) {
+            0 => CloseOrder {
+                client_waits: false,
+                backend_waits: false,
+            },
+            1 => CloseOrder {
+                client_waits: true,
+                backend_waits: false,
+            },
+            _ => CloseOrder {
+                client_waits: false,
+                backend_waits: true,
+            },
+        };
+        let max_loss = rng.pick(&[0.0, 0.005, 0.01, 0.02, 0.05]);
+        let link = |rng: &mut Rng| LinkParams {
+            delay: Duration::from_micros(rng.range(500, 10_000)),
+            rate: rng.pick(&[10_000_000, 50_000_000, 200_000_000]),
+            loss: max_loss * rng.unit(),
+            reorder: rng.pick(&[0.0, 0.01, 0.03, 0.05]),
+        };
+        let links = [
+            link(&mut rng),
+            link(&mut rng),
+            link(&mut rng),
+            link(&mut rng),
+        ];
+        let lo = rng.range(100, 2000);
+        let repl_delay = (
+            Duration::from_micros(lo),
+            Duration::from_micros(lo + rng.range(0, 3000)),
+        );
+        let mut kill_list = Vec::new();
+        if kills {
+            let n = if rng.chance(0.3) { 2 } else { 1 };
+            let mut at = 0.0;
+            for _ in 0..n {
+                if rng.chance(0.15) {
+                    kill_list.push(Trigger::Closing);
+                    break;
+                }
+                at += (1.0 - at) * rng.unit() * 0.9;
+                kill_list.push(Trigger::Progress(at));
+            }
+        }
+        let flow = FlowConfig {
+            max_record: rng.pick(&[16384, 16384, 4096, 1400]),
+            max_batch: rng.pick(&[64 * KIB, 64 * KIB, 16 * KIB, 3000]),
+            partial_release: rng.pick(&[8 * KIB, 8 * KIB, 1024, 100]),
+            ..FlowConfig::default()
+        };
+        Params {
+            seed,
+            suite,
+            server_name,
+            up,
+            down,
+            workload,
+            close,
+            links,
+            repl_delay,
+            kills: kill_list,
+            down_time: Duration::from_micros(rng.range(0, 60_000)),
+            keep_stale: rng.chance(0.5),
+            flow,
+            time_limit: Duration::from_secs(600),
+            stall_limit: Duration::from_secs(120),
+            watch_rule: true,
+        }
+    }
+}
+
+// ----------------------------------------------------------------------
+// TLS setup (the test PKI of relay-tls).
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tls/tests/data")
+        .join(name)
+}
+
+pub fn server_config() -> TlsServerConfig {
+    TlsServerConfig::builder()
+        .certificate_pem_files(
+            fixture("ecdsa.pem"),
+            fixture("ecdsa.key"),
+            &["localhost", "ecdsa.test", "*.wild.test"],
+        )
+        .unwrap()
+        .certificate_pem_files(
+            fixture("rsa.pem"),
+            fixture("rsa.key"),
+            &["localhost", "rsa.test"],
+        )
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
+pub fn client_config(suite: Suite) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(fixture("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![suite.rustls()];
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match suite.version() {
+        Version::Tls13 => &[&rustls::version::TLS13],
+        Version::Tls12 => &[&rustls::version::TLS12],
+    };
+    let cfg = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(cfg)
+}
+
+fn handshake_time() -> UnixTime {
+    UnixTime::since_unix_epoch(Duration::from_secs(1_764_547_200))
+}
+
+// ----------------------------------------------------------------------
+// The ends.
+
+/// One direction's sender bookkeeping.
+#[derive(Debug)]
+struct Tx {
+    seed: u64,
+    total: u64,
+    sent: u64,
+    hash: Sha256,
+}
+
+impl Tx {
+    fn chunk(&self, max: u64, buf: &mut [u8]) -> usize {
+        let n = (max.min(self.total) - self.sent.min(max)).min(buf.len() as u64) as usize;
+        fill_pattern(self.seed, self.sent, &mut buf[..n]);
+        n
+    }
+    fn took(&mut self, bytes: &[u8]) {
+        self.hash.update(bytes);
+        self.sent += bytes.len() as u64;
+    }
+    fn done(&self) -> bool {
+        self.sent == self.total
+    }
+}
+
+/// One direction's receiver: checks each byte at its offset.
+#[derive(Debug)]
+struct Rx {
+    seed: u64,
+    total: u64,
+    got: u64,
+    hash: Sha256,
+    error: Option<String>,
+    scratch: Vec<u8>,
+}
+
+impl Rx {
+    fn new(seed: u64, total: u64) -> Rx {
+        Rx {
+            seed,
+            total,
+            got: 0,
+            hash: Sha256::new(),
+            error: None,
+            scratch: Vec::new(),
+        }
+    }
+    fn take(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if self.got + data.len() as u64 > self.total && self.error.is_none() {
+            self.error = Some(format!(
+                "{} bytes past the end of a {}-byte stream",
+                self.got + data.len() as u64 - self.total,
+                self.total
+            ));
+        }
+        self.scratch.resize(data.len(), 0);
+        fill_pattern(self.seed, self.got, &mut self.scratch);
+        if self.scratch[..] != data[..]
+            && self.error.is_none()
+            && let Some(i) = self.scratch.iter().zip(data).position(|(a, b)| a != b)
+        {
+            // Where do the wrong bytes come from? (a shifted stream)
+            let at = self.got + i as u64;
+            let probe = &data[i..(i + 32).min(data.len())];
+            let mut buf = vec![0u8; probe.len()];
+            let mut found = None;
+            for o in at.saturating_sub(1 << 20)..at + (1 << 20) {
+                fill_pattern(self.seed, o, &mut buf);
+                if buf == probe {
+                    found = Some(o);
+                    break;
+                }
+            }
+            self.error = Some(format!(
+                "wrong byte at offset {at} (chunk of {} from {}); the bytes there belong at {found:?}",
+                data.len(),
+                self.got
+            ));
+        }
+        self.hash.update(data);
+        self.got += data.len() as u64;
+    }
+}
+
+struct ClientEnd {
+    tcp: Connection,
+    tls: ClientConnection,
+    tls_out: Vec<u8>,
+    tx: Tx,
+    rx: Rx,
+    close_notify_sent: bool,
+    fin_sent: bool,
+    got_close_notify: bool,
+    peer_fin: bool,
+    eof_signalled: bool,
+    error: Option<String>,
+}
+
+struct BackendEnd {
+    listener: Listener,
+    tcp: Option<Connection>,
+    tx: Tx,
+    rx: Rx,
+    fin_sent: bool,
+    peer_fin: bool,
+    error: Option<String>,
+}
+
+/// Allowance of each end in a request/response exchange.
+fn allowance(w: Workload, is_client: bool, total: u64, received: u64, peer_total: u64) -> u64 {
+    match w {
+        Workload::Duplex => total,
+        Workload::RequestResponse { rounds } => {
+            let mine = total / rounds;
+            let theirs = (peer_total / rounds).max(1);
+            let done = received / theirs;
+            if is_client {
+                (mine * (done + 1)).min(total)
+            } else {
+                (mine * done).min(total)
+            }
+        }
+    }
+}
+
+impl ClientEnd {
+    fn step(&mut self, w: Workload, close_waits: bool) -> bool {
+        if self.error.is_some() {
+            // rustls must not be driven after it failed.
+            return false;
+        }
+        let mut moved = false;
+        while let Some(e) = self.tcp.poll_event() {
+            match e {
+                Event::Reset => self.fail("client TCP got a reset".into()),
+                Event::TimedOut => self.fail("client TCP timed out".into()),
+                Event::PeerClosed => {
+                    self.peer_fin = true;
+                    moved = true;
+                }
+                _ => {}
+            }
+        }
+        if !self.tcp.state().is_synchronized() && self.tcp.state() != State::Closed {
+            // SYN-SENT: queue the ClientHello for later.
+            self.pull_tls();
+            return moved;
+        }
+        // Receive.
+        loop {
+            let (a, _) = self.tcp.readable();
+            if a.is_empty() {
+                break;
+            }
+            let mut rd = a;
+            let n = match self.tls.read_tls(&mut rd) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.fail(format!("client read_tls: {e}"));
+                    return moved;
+                }
+            };
+            self.tcp.consume(n);
+            moved = true;
+            if !self.process() || n == 0 {
+                break;
+            }
+        }
+        if self.peer_fin && self.tcp.readable().0.is_empty() && !self.eof_signalled {
+            self.eof_signalled = true;
+            let _ = self.tls.read_tls(&mut &[][..]);
+            self.process();
+            moved = true;
+        }
+        // Send.
+        let allowed = allowance(w, true, self.tx.total, self.rx.got, self.rx.total);
+        let mut chunk = vec![0u8; 16 * KIB];
+        while !self.close_notify_sent && self.tls_out.len() < 64 * KIB && self.tx.sent < allowed {
+            let n = self.tx.chunk(allowed, &mut chunk);
+            let took = match self.tls.writer().write(&chunk[..n]) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.fail(format!("client write: {e}"));
+                    return moved;
+                }
+            };
+            if took == 0 {
+                break;
+            }
+            self.tx.took(&chunk[..took]);
+            self.pull_tls();
+            moved = true;
+        }
+        let closing_ok = !close_waits || (self.got_close_notify && self.peer_fin);
+        if !self.close_notify_sent && self.tx.done() && !self.tls.is_handshaking() && closing_ok {
+            self.tls.send_close_notify();
+            self.close_notify_sent = true;
+            moved = true;
+        }
+        self.pull_tls();
+        if !self.tls_out.is_empty() && self.tcp.state().is_synchronized() {
+            let n = self.tcp.send(&self.tls_out);
+            if n > 0 {
+                self.tls_out.drain(..n);
+                moved = true;
+            }
+        }
+        if self.close_notify_sent && self.tls_out.is_empty() && !self.fin_sent {
+            self.tcp.close();
+            self.fin_sent = true;
+            moved = true;
+        }
+        moved
+    }
+
+    fn pull_tls(&mut self) {
+        while self.tls.wants_write() {
+            if self.tls.write_tls(&mut self.tls_out).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Processes what rustls has read; false on an error.
+    fn process(&mut self) -> bool {
+        if self.error.is_some() {
+            return false;
+        }
+        // rustls 0.23 can trip its own assertion (a second fatal alert) on
+        // some decrypt errors: that is a TLS failure too.
+        let tls = &mut self.tls;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tls.process_new_packets().map(|_| ())
+        }));
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.fail(format!("client TLS error: {e}"));
+                return false;
+            }
+            Err(_) => {
+                self.fail("client TLS error: rustls panicked (bad record)".into());
+                return false;
+            }
+        }
+        let mut buf = [0u8; 16 * KIB];
+        loop {
+            match self.tls.reader().read(&mut buf) {
+                Ok(0) => {
+                    self.got_close_notify = true;
+                    break;
+                }
+                Ok(n) => self.rx.take(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    self.fail(format!("client TLS read: {e} (truncated stream?)"));
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn fail(&mut self, msg: String) {
+        if self.error.is_none() {
+            self.error = Some(msg);
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.tx.done()
+            && self.rx.got == self.rx.total
+            && self.got_close_notify
+            && self.peer_fin
+            && self.fin_sent
+            && matches!(self.tcp.state(), State::Closed | State::TimeWait)
+    }
+}
+
+impl BackendEnd {
+    fn step(&mut self, w: Workload, close_waits: bool) -> bool {
+        let mut moved = false;
+        let Some(tcp) = self.tcp.as_mut() else {
+            return false;
+        };
+        while let Some(e) = tcp.poll_event() {
+            match e {
+                Event::Reset => {
+                    self.error
+                        .get_or_insert_with(|| "backend TCP got a reset".into());
+                }
+                Event::TimedOut => {
+                    self.error
+                        .get_or_insert_with(|| "backend TCP timed out".into());
+                }
+                Event::PeerClosed => {
+                    self.peer_fin = true;
+                    moved = true;
+                }
+                _ => {}
+            }
+        }
+        if !tcp.state().is_synchronized() {
+            return moved;
+        }
+        loop {
+            let (a, b) = tcp.readable();
+            let n = a.len() + b.len();
+            if n == 0 {
+                break;
+            }
+            self.rx.take(a);
+            self.rx.take(b);
+            tcp.consume(n);
+            moved = true;
+        }
+        if self.peer_fin && self.rx.got < self.rx.total {
+            self.error.get_or_insert_with(|| {
+                format!(
+                    "backend saw EOF after {} of {} bytes",
+                    self.rx.got, self.rx.total
+                )
+            });
+        }
+        let allowed = allowance(w, false, self.tx.total, self.rx.got, self.rx.total);
+        let mut chunk = vec![0u8; 16 * KIB];
+        while !self.fin_sent && self.tx.sent < allowed {
+            let room = tcp.send_capacity();
+            if room == 0 {
+                break;
+            }
+            let n = self.tx.chunk(allowed, &mut chunk[..room.min(16 * KIB)]);
+            let took = tcp.send(&chunk[..n]);
+            if took == 0 {
+                break;
+            }
+            self.tx.took(&chunk[..took]);
+            moved = true;
+        }
+        if !self.fin_sent && self.tx.done() && (!close_waits || self.peer_fin) {
+            tcp.close();
+            self.fin_sent = true;
+            moved = true;
+        }
+        moved
+    }
+
+    fn done(&self) -> bool {
+        self.tx.done()
+            && self.rx.got == self.rx.total
+            && self.peer_fin
+            && self.fin_sent
+            && self
+                .tcp
+                .as_ref()
+                .is_some_and(|c| matches!(c.state(), State::Closed | State::TimeWait))
+    }
+}
+
+// ----------------------------------------------------------------------
+// The replication channel.
+
+struct InTransit {
+    at: Instant,
+    no: CommitNo,
+    bytes: Vec<u8>,
+    created: Instant,
+}
+
+/// The active relay's outbox: commits travel to the standby, which decodes,
+/// stores and acknowledges them; acknowledgements travel back.
+pub struct Channel {
+    now: Instant,
+    delay: (Duration, Duration),
+    rng: Rng,
+    to_standby: VecDeque<InTransit>,
+    to_primary: VecDeque<(Instant, FlowId, CommitNo)>,
+    acks: VecDeque<(FlowId, CommitNo)>,
+    pub commits: u64,
+    pub bytes: u64,
+    pub max_size: usize,
+}
+
+impl Channel {
+    fn new(delay: (Duration, Duration), seed: u64) -> Channel {
+        Channel {
+            now: Instant::from_secs(0),
+            delay,
+            rng: Rng::new(seed),
+            to_standby: VecDeque::new(),
+            to_primary: VecDeque::new(),
+            acks: VecDeque::new(),
+            commits: 0,
+            bytes: 0,
+            max_size: 0,
+        }
+    }
+
+    fn delay(&mut self) -> Duration {
+        let (lo, hi) = (
+            self.delay.0.as_micros() as u64,
+            self.delay.1.as_micros() as u64,
+        );
+        Duration::from_micros(self.rng.range(lo, hi))
+    }
+
+    fn next_time(&self) -> Option<Instant> {
+        let a = self.to_standby.front().map(|t| t.at);
+        let b = self.to_primary.front().map(|t| t.0);
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl Outbox for Channel {
+    fn commit(&mut self, _id: FlowId, no: CommitNo, checkpoint: &FlowCheckpoint) {
+        let bytes = checkpoint.to_bytes();
+        self.commits += 1;
+        self.bytes += bytes.len() as u64;
+        self.max_size = self.max_size.max(bytes.len());
+        // FIFO: never earlier than the previous commit.
+        let mut at = self.now + self.delay();
+        if let Some(last) = self.to_standby.back() {
+            at = at.max(last.at);
+        }
+        self.to_standby.push_back(InTransit {
+            at,
+            no,
+            bytes,
+            created: self.now,
+        });
+    }
+
+    fn poll_ack(&mut self) -> Option<(FlowId, CommitNo)> {
+        self.acks.pop_front()
+    }
+
+    fn forget(&mut self, id: FlowId) {
+        self.acks.retain(|(f, _)| *f != id);
+    }
+}
+
+/// What the standby holds: the last commit it stored (and acknowledged).
+pub struct Stored {
+    pub no: CommitNo,
+    pub bytes: Vec<u8>,
+    pub ck: FlowCheckpoint,
+    /// When the primary made it (bounds how long the primary ran after it).
+    pub created: Instant,
+}
+
+// ----------------------------------------------------------------------
+// The network.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    C2R = 0,
+    R2C = 1,
+    R2S = 2,
+    S2R = 3,
+}
+
+impl Link {
+    fn addrs(self) -> (SocketAddrV4, SocketAddrV4) {
+        match self {
+            Link::C2R => (CLIENT, VIP),
+            Link::R2C => (VIP, CLIENT),
+            Link::R2S => (RELAY_BACK, BACKEND),
+            Link::S2R => (BACKEND, RELAY_BACK),
+        }
+    }
+}
+
+struct Packet {
+    link: Link,
+    bytes: Vec<u8>,
+}
+
+fn to_bytes(r: &TcpRepr<'_>, link: Link) -> Vec<u8> {
+    let (src, dst) = link.addrs();
+    let mut out = vec![0u8; r.buffer_len()];
+    let mut packet = TcpPacket::new_unchecked(&mut out[..]);
+    r.emit(&mut packet, *src.ip(), *dst.ip());
+    out
+}
+
+/// What a run did.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub segments: u64,
+    pub dropped: u64,
+    pub kills: u32,
+    pub commits: u64,
+    pub commit_bytes: u64,
+    pub max_checkpoint: usize,
+    pub virtual_time: Duration,
+    pub steps: u64,
+    /// Encodings of a few checkpoints the standby stored (for decoder tests).
+    pub samples: Vec<Vec<u8>>,
+}
+
+pub struct Sim {
+    pub p: Params,
+    pub now: Instant,
+    start: Instant,
+    rng: Rng,
+    packets: BTreeMap<(Instant, u64), Packet>,
+    order: u64,
+    busy: [Instant; 4],
+    client: ClientEnd,
+    backend: BackendEnd,
+    tls: TlsServerConfig,
+    relay_secret: IsnSecret,
+    /// The active relay's flow (None before the client's SYN, or while down).
+    flow: Option<Flow>,
+    /// Index of the active relay (0 = A, 1 = B, ...).
+    active: usize,
+    /// The addresses belong to nobody until then (after a kill).
+    adopt_at: Option<Instant>,
+    chan: Channel,
+    store: Option<Stored>,
+    flow_closed: Option<CloseReason>,
+    replicated: bool,
+    kill_at: Option<Instant>,
+    next_kill: usize,
+    failure: Option<String>,
+    last_progress: (u64, Instant),
+    pub report: Report,
+    log: VecDeque<String>,
+}
+
+impl Sim {
+    pub fn new(p: Params) -> Sim {
+        let mut rng = Rng::new(p.seed);
+        let now = Instant::from_secs(1000);
+        let mut secret =
+            || IsnSecret::new(rng.next_u64().to_le_bytes().repeat(2).try_into().unwrap());
+        let client_secret = secret();
+        let backend_secret = secret();
+        let relay_secret = secret();
+        let tcp_cfg = TcpConfig {
+            release: ReleaseMode::OnDelivery,
+            ..TcpConfig::default()
+        };
+        let tcp = Connection::connect(
+            tcp_cfg.clone(),
+            FourTuple::new(CLIENT, VIP),
+            &client_secret,
+            now,
+        )
+        .unwrap();
+        let tls = ClientConnection::new(
+            client_config(p.suite),
+            ServerName::try_from(p.server_name.to_owned()).unwrap(),
+        )
+        .unwrap();
+        let up_seed = rng.next_u64();
+        let down_seed = rng.next_u64();
+        let client = ClientEnd {
+            tcp,
+            tls,
+            tls_out: Vec::new(),
+            tx: Tx {
+                seed: up_seed,
+                total: p.up,
+                sent: 0,
+                hash: Sha256::new(),
+            },
+            rx: Rx::new(down_seed, p.down),
+            close_notify_sent: false,
+            fin_sent: false,
+            got_close_notify: false,
+            peer_fin: false,
+            eof_signalled: false,
+            error: None,
+        };
+        let backend = BackendEnd {
+            listener: Listener::new(tcp_cfg, BACKEND, backend_secret, 16).unwrap(),
+            tcp: None,
+            tx: Tx {
+                seed: down_seed,
+                total: p.down,
+                sent: 0,
+                hash: Sha256::new(),
+            },
+            rx: Rx::new(up_seed, p.up),
+            fin_sent: false,
+            peer_fin: false,
+            error: None,
+        };
+        let chan = Channel::new(p.repl_delay, rng.next_u64());
+        Sim {
+            now,
+            start: now,
+            rng,
+            packets: BTreeMap::new(),
+            order: 0,
+            busy: [now; 4],
+            client,
+            backend,
+            tls: server_config(),
+            relay_secret,
+            flow: None,
+            active: 0,
+            adopt_at: None,
+            chan,
+            store: None,
+            flow_closed: None,
+            replicated: false,
+            kill_at: None,
+            next_kill: 0,
+            failure: None,
+            last_progress: (0, now),
+            report: Report::default(),
+            log: VecDeque::new(),
+            p,
+        }
+    }
+
+    fn note(&mut self, s: String) {
+        if self.log.len() >= 40 {
+            self.log.pop_front();
+        }
+        self.log
+            .push_back(format!("{:?}: {s}", self.now - self.start));
+    }
+
+    fn fail(&mut self, msg: String) {
+        if self.failure.is_none() {
+            self.failure = Some(msg);
+        }
+    }
+
+    /// Runs to the end; `Err` carries a diagnostic.
+    pub fn run(mut self) -> Result<Report, String> {
+        let limit = self.now + self.p.time_limit;
+        let mut steps = 0u64;
+        loop {
+            steps += 1;
+            self.settle();
+            self.check_rule();
+            self.collect_errors();
+            if let Some(f) = self.failure.take() {
+                return Err(self.diagnostic(&f));
+            }
+            if self.done() {
+                break;
+            }
+            let progress = self.client.rx.got + self.backend.rx.got;
+            if progress != self.last_progress.0 {
+                self.last_progress = (progress, self.now);
+            }
+            if self.now.saturating_duration_since(self.last_progress.1) > self.p.stall_limit {
+                return Err(self.diagnostic("no progress (stalled)"));
+            }
+            let Some(next) = self.next_time() else {
+                return Err(self.diagnostic("nothing left to happen (deadlock)"));
+            };
+            if next > limit {
+                return Err(self.diagnostic("virtual time limit"));
+            }
+            if steps > 20_000_000 {
+                return Err(self.diagnostic("step limit"));
+            }
+            self.now = next.max(self.now);
+            self.deliver();
+            self.replication();
+            self.timeouts();
+            self.kills();
+        }
+        self.report.steps = steps;
+        self.report.virtual_time = self.now - self.start;
+        self.report.commits += self.chan.commits;
+        self.report.commit_bytes += self.chan.bytes;
+        self.report.max_checkpoint = self.report.max_checkpoint.max(self.chan.max_size);
+        self.final_checks()?;
+        Ok(self.report)
+    }
+
+    fn done(&self) -> bool {
+        self.client.done() && self.backend.done() && self.flow_closed.is_some()
+    }
+
+    fn final_checks(&self) -> Result<(), String> {
+        let c = &self.client;
+        let b = &self.backend;
+        if c.tx.hash.clone().finalize() != b.rx.hash.clone().finalize() {
+            return Err(self.diagnostic("client -> backend hash differs"));
+        }
+        if b.tx.hash.clone().finalize() != c.rx.hash.clone().finalize() {
+            return Err(self.diagnostic("backend -> client hash differs"));
+        }
+        if self.flow_closed != Some(CloseReason::Normal) {
+            return Err(self.diagnostic("flow did not end Closed(Normal)"));
+        }
+        // A kill that never fired is fine (the flow ended first); the
+        // per-seed line shows how many did.
+        Ok(())
+    }
+
+    /// The commit rule, watched from the outside at every step: nothing
+    /// the client or the backend has had acknowledged, and no record the
+    /// client has received, lies past what the standby holds (it would be
+    /// lost if the relay died now).
+    fn check_rule(&mut self) {
+        if !self.p.watch_rule {
+            return;
+        }
+        let Some(s) = &self.store else { return };
+        let ck = &s.ck;
+        let mut broken = None;
+        if self.client.tcp.snd_una() > ck.front.rcv_rel {
+            broken = Some(format!(
+                "the client had bytes acknowledged up to {:?}, the standby's commit {:?} releases only to {:?}",
+                self.client.tcp.snd_una(),
+                s.no,
+                ck.front.rcv_rel
+            ));
+        }
+        if let Some(b) = &self.backend.tcp
+            && b.snd_una() > ck.back.rcv_rel
+        {
+            broken = Some(format!(
+                "the backend had bytes acknowledged up to {:?}, the standby's commit {:?} releases only to {:?}",
+                b.snd_una(),
+                s.no,
+                ck.back.rcv_rel
+            ));
+        }
+        if self.client.tcp.rcv_nxt() > ck.front.snd_max {
+            broken = Some(format!(
+                "the client received up to {:?}, past the records planned in the standby's commit {:?} ({:?})",
+                self.client.tcp.rcv_nxt(),
+                s.no,
+                ck.front.snd_max
+            ));
+        }
+        if let Some(b) = broken {
+            self.fail(format!("commit rule broken: {b}"));
+        }
+    }
+
+    fn collect_errors(&mut self) {
+        for e in [
+            self.client.error.clone(),
+            self.client
+                .rx
+                .error
+                .clone()
+                .map(|e| format!("backend -> client: {e}")),
+            self.backend.error.clone(),
+            self.backend
+                .rx
+                .error
+                .clone()
+                .map(|e| format!("client -> backend: {e}")),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            self.fail(e);
+        }
+        if let Some(r) = self.flow_closed
+            && r != CloseReason::Normal
+        {
+            self.fail(format!("flow closed: {r:?}"));
+        }
+    }
+
+    pub fn diagnostic(&self, what: &str) -> String {
+        let c = &self.client;
+        let b = &self.backend;
+        let flow = self.flow.as_ref().map(|f| {
+            format!(
+                "{f:?} reason {:?} phase {:?} stats {:?} front una {:?} rel {:?} rcv_nxt {:?} back {:?}",
+                f.close_reason(),
+                f.phase(),
+                f.stats(),
+                f.front().snd_una(),
+                f.front().release_point(),
+                f.front().rcv_nxt(),
+                f.back().map(|b| (b.state(), b.snd_una(), b.release_point(), b.rcv_nxt())),
+            ) + &format!(
+                "\n    front stats {:?}\n    back stats {:?}",
+                f.front().stats(),
+                f.back().map(|b| b.stats())
+            )
+        });
+        format!(
+            "seed {} FAILED: {what}\n  at {:?} (virtual), relay #{} (adopt_at {:?}), kills {} of {:?}\n  params: suite {:?} sni {} up {} down {} {:?} {:?} down_time {:?} keep_stale {} repl {:?}\n  links {:?}\n  flow cfg: max_record {} max_batch {} partial_release {}\n  client: tcp {:?} una {:?} rcv_nxt {:?} sent {} recv {}/{} close_notify sent {} got {} peer_fin {} fin_sent {} tls_out {} hs {}\n  backend: tcp {:?} sent {} recv {}/{} peer_fin {} fin_sent {}\n  flow: {:?} closed {:?} replicated {}\n  standby holds commit {:?}\n  log:\n    {}",
+            self.p.seed,
+            self.now - self.start,
+            self.active,
+            self.adopt_at,
+            self.report.kills,
+            self.p.kills,
+            self.p.suite,
+            self.p.server_name,
+            self.p.up,
+            self.p.down,
+            self.p.workload,
+            self.p.close,
+            self.p.down_time,
+            self.p.keep_stale,
+            self.p.repl_delay,
+            self.p.links,
+            self.p.flow.max_record,
+            self.p.flow.max_batch,
+            self.p.flow.partial_release,
+            c.tcp.state(),
+            c.tcp.snd_una(),
+            c.tcp.rcv_nxt(),
+            c.tx.sent,
+            c.rx.got,
+            c.rx.total,
+            c.close_notify_sent,
+            c.got_close_notify,
+            c.peer_fin,
+            c.fin_sent,
+            c.tls_out.len(),
+            c.tls.is_handshaking(),
+            b.tcp
+                .as_ref()
+                .map(|t| (t.state(), t.snd_una(), t.rcv_nxt())),
+            b.tx.sent,
+            b.rx.got,
+            b.rx.total,
+            b.peer_fin,
+            b.fin_sent,
+            flow,
+            self.flow_closed,
+            self.replicated,
+            self.store.as_ref().map(|s| s.no),
+            self.log.iter().cloned().collect::<Vec<_>>().join("\n    "),
+        )
+    }
+
+    /// Lets every party act until nothing more happens at this instant.
+    fn settle(&mut self) {
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..64 {
+            let mut any = false;
+            any |= self.client.step(self.p.workload, self.p.close.client_waits);
+            any |= self
+                .backend
+                .step(self.p.workload, self.p.close.backend_waits);
+            any |= self.service_relay(&mut buf);
+            any |= self.flush(&mut buf);
+            if !any {
+                break;
+            }
+        }
+    }
+
+    fn relay_up(&self) -> bool {
+        self.adopt_at.is_none()
+    }
+
+    fn service_relay(&mut self, buf: &mut [u8]) -> bool {
+        if !self.relay_up() {
+            return false;
+        }
+        let now = self.now;
+        let mut any = false;
+        let mut notes = Vec::new();
+        let Some(flow) = self.flow.as_mut() else {
+            return false;
+        };
+        for _ in 0..64 {
+            let mut more = false;
+            while let Some(e) = flow.poll_event() {
+                more = true;
+                match e {
+                    FlowEvent::HandshakeReady => {
+                        if let Some(job) = flow.take_handshake() {
+                            let done = job.run(handshake_time());
+                            if let Some(e) = done.error() {
+                                notes.push(format!("handshake error {e}"));
+                            }
+                            flow.handshake_done(now, done);
+                        }
+                    }
+                    FlowEvent::NeedBackend(info) => {
+                        notes.push(format!(
+                            "handshake done: {:?} {:?}",
+                            info.version, info.suite
+                        ));
+                        let meta = FlowMeta {
+                            service: 0,
+                            backend: BACKEND,
+                            server_name: info.server_name.clone(),
+                            alpn: info.alpn.clone(),
+                            resumed: info.resumed,
+                        };
+                        if let Err(e) = flow.connect_backend(
+                            now,
+                            FourTuple::new(RELAY_BACK, BACKEND),
+                            &self.relay_secret,
+                            meta,
+                        ) {
+                            self.failure
+                                .get_or_insert_with(|| format!("connect_backend: {e}"));
+                        }
+                    }
+                    FlowEvent::Replicated => {
+                        self.replicated = true;
+                        notes.push("replicated".into());
+                    }
+                    FlowEvent::Closed(r) => {
+                        notes.push(format!("flow closed {r:?}"));
+                        self.flow_closed = Some(r);
+                    }
+                }
+            }
+            self.chan.now = now;
+            while let Some((no, ck)) = flow.poll_commit() {
+                more = true;
+                // The encoding round-trips exactly.
+                let back = FlowCheckpoint::from_bytes(&ck.to_bytes());
+                match back {
+                    Ok(b) if b == ck => {}
+                    Ok(_) => {
+                        self.failure
+                            .get_or_insert_with(|| format!("commit {no:?} does not round-trip"));
+                    }
+                    Err(e) => {
+                        let front = relay_tcp::Checkpoint::from_bytes(&ck.front.to_bytes()).err();
+                        let back = relay_tcp::Checkpoint::from_bytes(&ck.back.to_bytes()).err();
+                        self.failure.get_or_insert_with(|| {
+                            format!(
+                                "commit {no:?} does not decode: {e} (front: {front:?} {:?}; back: {back:?} {:?})",
+                                ck.front, ck.back
+                            )
+                        });
+                    }
+                }
+                self.chan.commit(flow.id(), no, &ck);
+            }
+            while let Some((_, no)) = self.chan.poll_ack() {
+                more = true;
+                flow.handle_commit_ack(now, no);
+            }
+            while let Some(r) = flow.poll_front_transmit(now, buf) {
+                more = true;
+                if let Some(e) = rule_on_the_wire(self.store.as_ref(), Link::R2C, &r)
+                    && self.p.watch_rule
+                {
+                    self.failure.get_or_insert(e);
+                }
+                let bytes = to_bytes(&r, Link::R2C);
+                send(
+                    &mut self.packets,
+                    &mut self.order,
+                    &mut self.busy,
+                    &mut self.rng,
+                    &self.p,
+                    &mut self.report,
+                    now,
+                    Link::R2C,
+                    bytes,
+                );
+            }
+            while let Some(r) = flow.poll_back_transmit(now, buf) {
+                more = true;
+                if let Some(e) = rule_on_the_wire(self.store.as_ref(), Link::R2S, &r)
+                    && self.p.watch_rule
+                {
+                    self.failure.get_or_insert(e);
+                }
+                let bytes = to_bytes(&r, Link::R2S);
+                send(
+                    &mut self.packets,
+                    &mut self.order,
+                    &mut self.busy,
+                    &mut self.rng,
+                    &self.p,
+                    &mut self.report,
+                    now,
+                    Link::R2S,
+                    bytes,
+                );
+            }
+            any |= more;
+            if !more {
+                break;
+            }
+        }
+        for n in notes {
+            self.note(n);
+        }
+        any
+    }
+
+    fn flush(&mut self, buf: &mut [u8]) -> bool {
+        let now = self.now;
+        let mut any = false;
+        while let Some(r) = self.client.tcp.poll_transmit(now, buf) {
+            let bytes = to_bytes(&r, Link::C2R);
+            any = true;
+            self.emit(Link::C2R, bytes);
+        }
+        loop {
+            let out = match self.backend.tcp.as_mut() {
+                Some(c) => c.poll_transmit(now, buf).map(|r| to_bytes(&r, Link::S2R)),
+                None => self
+                    .backend
+                    .listener
+                    .poll_transmit(now, buf)
+                    .map(|(_, r)| to_bytes(&r, Link::S2R)),
+            };
+            let Some(bytes) = out else { break };
+            any = true;
+            self.emit(Link::S2R, bytes);
+        }
+        any
+    }
+
+    fn emit(&mut self, link: Link, bytes: Vec<u8>) {
+        send(
+            &mut self.packets,
+            &mut self.order,
+            &mut self.busy,
+            &mut self.rng,
+            &self.p,
+            &mut self.report,
+            self.now,
+            link,
+            bytes,
+        );
+    }
+
+    fn next_time(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut add = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        add(self.packets.keys().next().map(|k| k.0));
+        add(self.chan.next_time());
+        add(self.client.tcp.poll_timeout());
+        add(self.backend.tcp.as_ref().and_then(Connection::poll_timeout));
+        add(self.backend.listener.poll_timeout());
+        if self.relay_up() {
+            add(self.flow.as_ref().and_then(Flow::poll_timeout));
+        }
+        add(self.adopt_at);
+        add(self.kill_at);
+        t
+    }
+
+    fn deliver(&mut self) {
+        while let Some(entry) = self.packets.first_entry() {
+            if entry.key().0 > self.now {
+                break;
+            }
+            let pkt = entry.remove();
+            let (src, dst) = pkt.link.addrs();
+            let packet = match TcpPacket::new_checked(&pkt.bytes[..]) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.fail(format!("bad packet on {:?}: {e}", pkt.link));
+                    return;
+                }
+            };
+            let repr = match TcpRepr::parse(&packet, *src.ip(), *dst.ip(), true) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.fail(format!("unparsable segment on {:?}: {e}", pkt.link));
+                    return;
+                }
+            };
+            if (self.report.kills > 0 || std::env::var_os("SIM_TRACE_ALL").is_some())
+                && std::env::var_os("SIM_TRACE").is_some()
+            {
+                eprintln!(
+                    "TRACE {:?} {:?} {repr} | relay {:?}",
+                    self.now - self.start,
+                    pkt.link,
+                    self.flow
+                        .as_ref()
+                        .map(|f| (f.front().state(), f.back().map(|b| b.state())))
+                );
+            }
+            if repr.flags.rst() {
+                self.fail(format!("RST on {:?}: {repr}", pkt.link));
+                return;
+            }
+            let now = self.now;
+            match pkt.link {
+                Link::R2C => self.client.tcp.handle_segment(now, &repr),
+                Link::R2S => match self.backend.tcp.as_mut() {
+                    Some(c) => c.handle_segment(now, &repr),
+                    None => {
+                        let tuple = FourTuple::incoming(*src.ip(), *dst.ip(), &repr);
+                        self.backend.listener.handle_segment(now, tuple, &repr);
+                        if let Some((_, conn)) = self.backend.listener.accept() {
+                            self.backend.tcp = Some(conn);
+                        }
+                    }
+                },
+                Link::C2R => {
+                    if !self.relay_up() {
+                        continue;
+                    }
+                    match self.flow.as_mut() {
+                        // A stale duplicate for a connection that has closed:
+                        // the relay has forgotten it (no reset).
+                        Some(f) if stale(f.front(), &repr) => {}
+                        Some(f) => f.handle_front(now, &repr),
+                        None if self.active == 0 && repr.flags.syn() && !repr.flags.ack() => {
+                            let tuple = FourTuple::incoming(*src.ip(), *dst.ip(), &repr);
+                            match Flow::accept(
+                                FlowId(1),
+                                self.p.flow.clone(),
+                                tuple,
+                                &repr,
+                                &self.relay_secret,
+                                &self.tls,
+                                now,
+                            ) {
+                                Ok(f) => self.flow = Some(f),
+                                Err(e) => self.fail(format!("Flow::accept: {e}")),
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                Link::S2R => {
+                    if !self.relay_up() {
+                        continue;
+                    }
+                    if let Some(f) = self.flow.as_mut()
+                        && !f.back().is_some_and(|b| stale(b, &repr))
+                    {
+                        f.handle_back(now, &repr);
+                    }
+                }
+            }
+        }
+    }
+
+    fn replication(&mut self) {
+        let now = self.now;
+        while self.chan.to_standby.front().is_some_and(|t| t.at <= now) {
+            let Some(t) = self.chan.to_standby.pop_front() else {
+                break;
+            };
+            let ck = match FlowCheckpoint::from_bytes(&t.bytes) {
+                Ok(ck) => ck,
+                Err(e) => {
+                    self.fail(format!("standby cannot decode commit {:?}: {e}", t.no));
+                    return;
+                }
+            };
+            if let Some(s) = &self.store
+                && s.no >= t.no
+            {
+                self.fail(format!("commit {:?} stored after {:?}", t.no, s.no));
+                return;
+            }
+            if self.report.samples.len() < 64
+                && (t.no.0 % 7 == 1 || !ck.batches.is_empty() || !ck.partial.is_empty())
+            {
+                self.report.samples.push(t.bytes.clone());
+            }
+            self.store = Some(Stored {
+                no: t.no,
+                bytes: t.bytes,
+                ck,
+                created: t.created,
+            });
+            let d = self.chan.delay();
+            let mut at = now + d;
+            if let Some(last) = self.chan.to_primary.back() {
+                at = at.max(last.0);
+            }
+            self.chan.to_primary.push_back((at, FlowId(1), t.no));
+        }
+        while self.chan.to_primary.front().is_some_and(|t| t.0 <= now) {
+            let Some((_, id, no)) = self.chan.to_primary.pop_front() else {
+                break;
+            };
+            self.chan.acks.push_back((id, no));
+        }
+    }
+
+    fn timeouts(&mut self) {
+        let now = self.now;
+        if self.client.tcp.poll_timeout().is_some_and(|t| t <= now) {
+            self.client.tcp.handle_timeout(now);
+        }
+        if let Some(c) = self.backend.tcp.as_mut()
+            && c.poll_timeout().is_some_and(|t| t <= now)
+        {
+            c.handle_timeout(now);
+        }
+        if self
+            .backend
+            .listener
+            .poll_timeout()
+            .is_some_and(|t| t <= now)
+        {
+            self.backend.listener.handle_timeout(now);
+        }
+        if self.relay_up()
+            && let Some(f) = self.flow.as_mut()
+            && f.poll_timeout().is_some_and(|t| t <= now)
+        {
+            f.handle_timeout(now);
+        }
+    }
+
+    fn kills(&mut self) {
+        let now = self.now;
+        // Adoption after the down time.
+        if self.adopt_at.is_some_and(|t| t <= now) {
+            self.adopt_at = None;
+            let Some(s) = self.store.take() else {
+                self.fail("standby holds nothing to adopt".into());
+                return;
+            };
+            // The standby decodes what it stored, as a real one would.
+            let ck = match FlowCheckpoint::from_bytes(&s.bytes) {
+                Ok(ck) => ck,
+                Err(e) => {
+                    self.fail(format!("adopt: stored checkpoint does not decode: {e}"));
+                    return;
+                }
+            };
+            let elapsed = now.saturating_duration_since(s.created);
+            match Flow::adopt(self.p.flow.clone(), &ck, now, elapsed) {
+                Ok(f) => {
+                    self.flow = Some(f);
+                    self.active += 1;
+                    let (back_una, back_max) = (
+                        ck.back.snd_una - (ck.back.iss + 1),
+                        ck.back.snd_max - (ck.back.iss + 1),
+                    );
+                    self.note(format!(
+                        "relay #{} adopted from commit {:?} (batches {}, partial {}): up client {} plain {} (back una {back_una} max {back_max}, backend has {}), down client {} plain {}, front {} back {}",
+                        self.active,
+                        s.no,
+                        ck.batches.len(),
+                        ck.partial.len(),
+                        ck.up_client_off,
+                        ck.up_plain_off,
+                        self.backend.rx.got,
+                        ck.down_client_off,
+                        ck.down_plain_off,
+                        ck.front.state,
+                        ck.back.state,
+                    ));
+                }
+                Err(e) => self.fail(format!("Flow::adopt: {e}")),
+            }
+            return;
+        }
+        // Is the next kill due?
+        let Some(&trigger) = self.p.kills.get(self.next_kill) else {
+            return;
+        };
+        if self.flow_closed.is_some() || self.flow.is_none() || !self.relay_up() {
+            return;
+        }
+        if let Some(at) = self.kill_at {
+            if at > now {
+                return;
+            }
+            if self.store.is_none() {
+                // Nothing replicated to the standby yet: wait for it.
+                return;
+            }
+            self.kill_at = None;
+            self.next_kill += 1;
+            self.report.kills += 1;
+            self.flow = None;
+            self.report.commits += self.chan.commits;
+            self.report.commit_bytes += self.chan.bytes;
+            self.report.max_checkpoint = self.report.max_checkpoint.max(self.chan.max_size);
+            let seed = self.rng.next_u64();
+            self.chan = Channel::new(self.p.repl_delay, seed);
+            if !self.p.keep_stale {
+                self.packets
+                    .retain(|_, p| !matches!(p.link, Link::R2C | Link::R2S));
+            }
+            self.adopt_at = Some(now + self.p.down_time);
+            let held = self.store.as_ref().map(|s| s.no);
+            self.note(format!(
+                "relay #{} killed; standby holds {held:?}",
+                self.active
+            ));
+            return;
+        }
+        let fire = match trigger {
+            Trigger::Progress(f) => {
+                let got = (self.client.rx.got + self.backend.rx.got) as f64;
+                got >= f * (self.p.up + self.p.down) as f64
+            }
+            Trigger::Closing => self
+                .flow
+                .as_ref()
+                .is_some_and(|f| f.phase() == Phase::Closing),
+        };
+        if fire && self.store.is_some() {
+            let jitter = Duration::from_micros(self.rng.below(20_000));
+            self.kill_at = Some(now + jitter);
+        }
+    }
+}
+
+/// The commit rule on a segment the relay sends: its ACK releases nothing,
+/// and it carries no record, past what the standby holds right now.
+fn rule_on_the_wire(store: Option<&Stored>, link: Link, r: &TcpRepr<'_>) -> Option<String> {
+    let s = store?;
+    let (rel, what) = match link {
+        Link::R2C => (s.ck.front.rcv_rel, "client"),
+        _ => (s.ck.back.rcv_rel, "backend"),
+    };
+    if r.flags.ack() && r.ack_number > rel {
+        return Some(format!(
+            "commit rule broken: the relay acknowledged the {what} up to {:?}, the standby's commit {:?} releases only to {rel:?}",
+            r.ack_number, s.no
+        ));
+    }
+    let end = r.seq_number + r.segment_len();
+    if link == Link::R2C && r.segment_len() > 0 && end > s.ck.front.snd_max {
+        return Some(format!(
+            "commit rule broken: the relay sent the client bytes up to {end:?}, past the records planned in the standby's commit {:?} ({:?})",
+            s.no, s.ck.front.snd_max
+        ));
+    }
+    None
+}
+
+/// A segment for a closed engine that carries nothing it has not had
+/// (a duplicate delayed in the network).
+fn stale(c: &Connection, seg: &TcpRepr<'_>) -> bool {
+    c.state() == State::Closed && seg.seq_number + seg.segment_len() <= c.rcv_nxt()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send(
+    packets: &mut BTreeMap<(Instant, u64), Packet>,
+    order: &mut u64,
+    busy: &mut [Instant; 4],
+    rng: &mut Rng,
+    p: &Params,
+    report: &mut Report,
+    now: Instant,
+    link: Link,
+    bytes: Vec<u8>,
+) {
+    report.segments += 1;
+    let lp = p.links[link as usize];
+    let start = busy[link as usize].max(now);
+    let queued = start.saturating_duration_since(now).as_secs_f64() * lp.rate as f64;
+    if queued > 1024.0 * 1024.0 {
+        report.dropped += 1;
+        return;
+    }
+    let tx = Duration::from_secs_f64(bytes.len() as f64 / lp.rate as f64);
+    busy[link as usize] = start + tx;
+    if rng.chance(lp.loss) {
+        report.dropped += 1;
+        return;
+    }
+    let mut at = start + tx + lp.delay;
+    if rng.chance(lp.reorder) {
+        at += Duration::from_micros(rng.below(2 * lp.delay.as_micros() as u64 + 1));
+    }
+    *order += 1;
+    packets.insert((at, *order), Packet { link, bytes });
+}
+
+/// Runs one seed and prints a line about it.
+pub fn run_seed(p: Params) -> Result<Report, String> {
+    let label = format!(
+        "seed {} {:?} up {} down {} {:?} kills {:?}",
+        p.seed, p.suite, p.up, p.down, p.workload, p.kills
+    );
+    let started = std::time::Instant::now();
+    let r = Sim::new(p).run();
+    match &r {
+        Ok(rep) => eprintln!(
+            "{label}: ok, {} kills, {} segments ({} dropped), {} commits (max {} B), virtual {:?}, wall {:?}",
+            rep.kills,
+            rep.segments,
+            rep.dropped,
+            rep.commits,
+            rep.max_checkpoint,
+            rep.virtual_time,
+            started.elapsed()
+        ),
+        Err(_) => eprintln!("{label}: FAILED, wall {:?}", started.elapsed()),
+    }
+    r
+}
