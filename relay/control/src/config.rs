@@ -331,11 +331,17 @@ impl Config {
             let (line, column) = e
                 .span()
                 .map_or((0, 0), |span| line_column(text, span.start));
+            let message = match field_at_line(text, line) {
+                Some(field) if !e.message().contains(&field) => {
+                    format!("{field}: {}", e.message())
+                }
+                _ => e.message().to_string(),
+            };
             ConfigError::Parse {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: e.message().to_string(),
+                message,
             }
         })
     }
@@ -468,8 +474,70 @@ impl Config {
     }
 }
 
+/// The dotted name of the field set on 1-based `line` (e.g. `limits.max_flows`
+/// or `service[0].port`), from the key on that line and the table headers
+/// above it, so that a type error names the field as well as the line.
+fn field_at_line(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let here = lines.get(line.checked_sub(1)?)?.trim();
+    let key = here.split_once('=')?.0.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    let mut arrays: Vec<(String, usize)> = Vec::new();
+    let mut table = String::new();
+    for l in &lines[..line - 1] {
+        let l = l.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+            let name = name.trim().to_string();
+            match arrays.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, count)) => *count += 1,
+                None => arrays.push((name.clone(), 0)),
+            }
+            // Nested arrays restart when their parent moves on.
+            let parent_prefix = format!("{name}.");
+            arrays.retain(|(n, _)| !n.starts_with(&parent_prefix));
+            table = name
+                .split('.')
+                .scan(String::new(), |path, part| {
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(part);
+                    Some((path.clone(), part.to_string()))
+                })
+                .map(|(path, part)| match arrays.iter().find(|(n, _)| *n == path) {
+                    Some((_, i)) => format!("{part}[{i}]"),
+                    None => part,
+                })
+                .collect::<Vec<_>>()
+                .join(".");
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            table = name.trim().to_string();
+        }
+    }
+    Some(if table.is_empty() {
+        key.to_string()
+    } else {
+        format!("{table}.{key}")
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    use super::field_at_line;
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let text = "name = \"a\"\n[limits]\nmax_flows = \"lots\"\n[[service]]\nport = 1\n[[service]]\nport = \"x\"\n[[service.certificate]]\ncert = 3\n";
+        assert_eq!(field_at_line(text, 1).as_deref(), Some("name"));
+        assert_eq!(field_at_line(text, 3).as_deref(), Some("limits.max_flows"));
+        assert_eq!(field_at_line(text, 7).as_deref(), Some("service[1].port"));
+        assert_eq!(field_at_line(text, 9).as_deref(), Some("service[1].certificate[0].cert"));
+        assert_eq!(field_at_line(text, 2), None);
+        assert_eq!(field_at_line(text, 99), None);
+    }
+
     use super::*;
 
     const GOOD: &str = r#"

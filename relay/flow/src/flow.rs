@@ -298,6 +298,8 @@ struct InFlight {
     no: u64,
     up: UpPoint,
     down: DownPoint,
+    /// This commit carries our FIN to the backend: it may go once acked.
+    close_back: bool,
     at: Instant,
 }
 
@@ -384,6 +386,13 @@ pub struct Flow {
     up_eof: bool,
     front_fin: bool,
     back_close_sent: bool,
+    /// The client is done and its bytes are with the backend engine: our
+    /// FIN to the backend is owed, and goes in a commit before it is sent.
+    back_close_wanted: bool,
+    /// The commit carrying that FIN, once made.
+    back_close_commit: Option<u64>,
+    /// That commit is acknowledged: the FIN may go.
+    back_close_allowed: bool,
     back_una: Option<Tracker>,
     up_base: Option<UpPoint>,
 
@@ -508,6 +517,9 @@ impl Flow {
             up_eof: false,
             front_fin: false,
             back_close_sent: false,
+            back_close_wanted: false,
+            back_close_commit: None,
+            back_close_allowed: false,
             back_una: None,
             up_base: None,
             down_read_off: 0,
@@ -576,6 +588,8 @@ impl Flow {
             State::CloseWait | State::Closing | State::LastAck | State::TimeWait
         );
         flow.back_close_sent = ck.back.snd_fin.is_some();
+        flow.back_close_wanted = flow.back_close_sent;
+        flow.back_close_allowed = flow.back_close_sent;
         flow.up_base = Some(UpPoint {
             client_off: ck.up_client_off,
             plain_off: ck.up_plain_off,
@@ -1246,8 +1260,15 @@ impl Flow {
             // is in but not released.
             && (self.close_reason.is_some() || !fin_unreleased(back, self.back_eof))
         {
-            back.close();
-            self.back_close_sent = true;
+            // A replicated flow commits the FIN first: an adopter that does
+            // not know of it would close differently (LAST-ACK instead of
+            // CLOSING) from what the backend saw.
+            if !self.replicated || self.close_reason.is_some() || self.back_close_allowed {
+                back.close();
+                self.back_close_sent = true;
+            } else {
+                self.back_close_wanted = true;
+            }
         }
     }
 
@@ -1602,7 +1623,8 @@ impl Flow {
         };
         let up_moved = up.client_off > up_base.client_off || (up.fin && !up_base.fin);
         let down_moved = down.client_off > down_base.client_off || (down.fin && !down_base.fin);
-        if up_moved || down_moved || self.planned_uncommitted {
+        let close_back = self.back_close_wanted && self.back_close_commit.is_none();
+        if up_moved || down_moved || self.planned_uncommitted || close_back {
             self.up_base = Some(up);
             self.down_base = Some(down);
             self.commit(now, false);
@@ -1623,6 +1645,10 @@ impl Flow {
             b.commit = no;
         }
         self.planned_uncommitted = false;
+        let close_back = self.back_close_wanted && self.back_close_commit.is_none();
+        if close_back {
+            self.back_close_commit = Some(no);
+        }
         match self.checkpoint(&up, &down) {
             Ok(ck) => {
                 self.commits_out.push_back((CommitNo(no), ck));
@@ -1636,6 +1662,7 @@ impl Flow {
             no,
             up,
             down,
+            close_back,
             at: now,
         };
         if cfg!(feature = "broken-commit-rule") {
@@ -1690,6 +1717,15 @@ impl Flow {
         );
         rewind_send(&mut front, seq_at(self.front.iss() + 1, down.client_off));
         let mut back_ck = export_or_last(back, self.back_ck.as_ref())?;
+        if self.back_close_commit.is_some() && back_ck.snd_fin.is_none() {
+            // Committed FIN not sent yet: the adopter sends it after the
+            // client's bytes it hands back.
+            let fin = seq_at(back.iss() + 1, self.up_plain_total);
+            back_ck.snd_fin = Some(fin);
+            if fin + 1 > back_ck.snd_max {
+                back_ck.snd_max = fin + 1;
+            }
+        }
         let fin = u64::from(down.fin);
         set_receive(
             &mut back_ck,
@@ -1735,6 +1771,10 @@ impl Flow {
     }
 
     fn apply_commit(&mut self, c: &InFlight) {
+        if c.close_back {
+            // `pump_upstream` sends it once the engine may.
+            self.back_close_allowed = true;
+        }
         let fin = u64::from(c.up.fin);
         let before = self.front.release_point();
         let _ = self

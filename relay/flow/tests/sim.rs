@@ -89,30 +89,18 @@ mod normal {
 
     #[test]
     fn adoption_across_seeds() {
-        // (Seed 1 is one of `known_failures`.)
-        assert_none(run_many(seed_range(2..82), (2 * MIB) as u64, true, false));
+        assert_none(run_many(seed_range(1..81), (2 * MIB) as u64, true, false));
     }
 
-    /// Seeds that still fail, for reasons outside relay-flow (see the
-    /// notes); `cargo test -p relay-flow --test sim -- --ignored`.
+    /// Seeds that still fail; `cargo test -p relay-flow --test sim -- --ignored`.
     ///
-    /// - 1, 176, 244, 274, 512, 564, 586: the relay's engine holds bytes in
-    ///   order past its release point but reports them in a SACK block only
-    ///   after every out-of-order range (`Connection::sack_blocks` in
-    ///   relay-tcp): with three holes the block never fits, the peer
-    ///   retransmits only its first unacknowledged segment (which the relay
-    ///   has), and an adopter replaying a record that spans the next hole
-    ///   waits forever. Listing the held block right after the most recent
-    ///   one makes all of these pass.
-    /// - 321: the old relay sent its FIN to the backend after the last
-    ///   commit the adopter has; the adopter closes in LAST-ACK instead of
-    ///   CLOSING, leaves on the ACK of its FIN, and the backend's FIN goes
-    ///   unacknowledged.
+    /// - 176 (TLS 1.2, two kills, the second while closing): the second
+    ///   adopter's front engine ends in CLOSING with 15 KB of records the
+    ///   client never accepts; under investigation (see the notes of issue 5).
     #[test]
     #[ignore]
     fn known_failures() {
-        let seeds = vec![1, 176, 244, 274, 321, 512, 564, 586];
-        assert_none(run_many(seeds, (2 * MIB) as u64, true, false));
+        assert_none(run_many(vec![176], (2 * MIB) as u64, true, false));
     }
 
     #[test]

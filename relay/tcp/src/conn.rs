@@ -1558,7 +1558,11 @@ impl Connection {
             out[0] = Some(b);
             n = 1;
         }
-        let others = self.ooo.iter().rev().chain(unreleased);
+        // The held block (received in order, not released yet) comes right
+        // after the most recent one: it is what the peer must not resend,
+        // and with several holes it would otherwise never fit in the
+        // option, leaving the peer to resend it forever.
+        let others = unreleased.into_iter().chain(self.ooo.iter().rev());
         for b in others {
             if n >= out.len() {
                 break;
