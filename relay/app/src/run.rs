@@ -96,14 +96,14 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         .attach(&config.back.interface, mode)
         .with_context(|| format!("attaching to {}", config.back.interface))?;
 
-    let front = AfXdpDevice::open(&AfXdpConfig::new(&config.front.interface, front_q))
-        .with_context(|| {
+    let front =
+        AfXdpDevice::open(&socket_config(&config.front.interface, front_q)).with_context(|| {
             format!(
                 "AF_XDP socket on {} queue {front_q}",
                 config.front.interface
             )
         })?;
-    let back = AfXdpDevice::open(&AfXdpConfig::new(&config.back.interface, back_q))
+    let back = AfXdpDevice::open(&socket_config(&config.back.interface, back_q))
         .with_context(|| format!("AF_XDP socket on {} queue {back_q}", config.back.interface))?;
     steer_front.register_socket(front_q, &front.socket_fd())?;
     steer_back.register_socket(back_q, &back.socket_fd())?;
@@ -193,10 +193,20 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     let mut flow = FlowConfig {
         handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
         coalesce: true,
+        // No peers yet: commits are acknowledged at once and kept nowhere.
+        checkpoints: false,
         ..FlowConfig::default()
     };
     flow.front.mss = 1460;
     flow.back.mss = 1460;
+    // What the peers may have in flight towards us, per flow: every flow's
+    // burst lands in the same rx ring (see `socket_config`).
+    let window = std::env::var("RELAY_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128 * 1024);
+    flow.front.recv_buffer = window;
+    flow.back.recv_buffer = window;
     let worker_cfg = WorkerConfig {
         services: config
             .services
@@ -247,6 +257,18 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     result?;
     tracing::info!("relay stopped");
     Ok(())
+}
+
+/// Deep rings: AF_XDP has no backpressure towards the senders, so a burst
+/// from many flows at once must fit in the rx ring or be lost (and cost a
+/// retransmission timeout). 2 KiB frames hold a 1500-byte MTU.
+fn socket_config(interface: &str, queue: u32) -> AfXdpConfig {
+    AfXdpConfig {
+        frame_count: 32768,
+        frame_size: 2048,
+        ring_size: 16384,
+        ..AfXdpConfig::new(interface, queue)
+    }
 }
 
 fn build_tls(

@@ -506,10 +506,12 @@ fn field_at_line(text: &str, line: usize) -> Option<String> {
                     path.push_str(part);
                     Some((path.clone(), part.to_string()))
                 })
-                .map(|(path, part)| match arrays.iter().find(|(n, _)| *n == path) {
-                    Some((_, i)) => format!("{part}[{i}]"),
-                    None => part,
-                })
+                .map(
+                    |(path, part)| match arrays.iter().find(|(n, _)| *n == path) {
+                        Some((_, i)) => format!("{part}[{i}]"),
+                        None => part,
+                    },
+                )
                 .collect::<Vec<_>>()
                 .join(".");
         } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
@@ -533,7 +535,10 @@ mod tests {
         assert_eq!(field_at_line(text, 1).as_deref(), Some("name"));
         assert_eq!(field_at_line(text, 3).as_deref(), Some("limits.max_flows"));
         assert_eq!(field_at_line(text, 7).as_deref(), Some("service[1].port"));
-        assert_eq!(field_at_line(text, 9).as_deref(), Some("service[1].certificate[0].cert"));
+        assert_eq!(
+            field_at_line(text, 9).as_deref(),
+            Some("service[1].certificate[0].cert")
+        );
         assert_eq!(field_at_line(text, 2), None);
         assert_eq!(field_at_line(text, 99), None);
     }

@@ -45,6 +45,11 @@ pub struct FlowConfig {
     /// calls [`Flow::flush`] (once per receive batch): fewer, fuller
     /// records when the backend streams. Off: seal what arrived at once.
     pub coalesce: bool,
+    /// Build a [`FlowCheckpoint`] for each commit. A relay without peers
+    /// (its outbox acknowledges at once and keeps nothing) turns it off and
+    /// takes commit numbers from [`Flow::poll_commit_no`] instead: the rule
+    /// and its bookkeeping stay the same, only the copy nobody reads goes.
+    pub checkpoints: bool,
 }
 
 impl Default for FlowConfig {
@@ -63,6 +68,7 @@ impl Default for FlowConfig {
             handshake_timeout: Duration::from_secs(10),
             partial_release: 8 * 1024,
             coalesce: false,
+            checkpoints: true,
         }
     }
 }
@@ -422,6 +428,7 @@ pub struct Flow {
     planned_uncommitted: bool,
     in_flight: VecDeque<InFlight>,
     commits_out: VecDeque<(CommitNo, FlowCheckpoint)>,
+    commit_nos: VecDeque<CommitNo>,
     /// The engines' last exports while they could still be exported: a
     /// commit made after an engine closed (our FIN and the peer's both
     /// acknowledged) starts from these.
@@ -540,6 +547,7 @@ impl Flow {
             planned_uncommitted: false,
             in_flight: VecDeque::new(),
             commits_out: VecDeque::new(),
+            commit_nos: VecDeque::new(),
             front_ck: None,
             back_ck: None,
             adopted: false,
@@ -912,6 +920,12 @@ impl Flow {
     /// The next commit to hand to the outbox.
     pub fn poll_commit(&mut self) -> Option<(CommitNo, FlowCheckpoint)> {
         self.commits_out.pop_front()
+    }
+
+    /// The next commit, without its checkpoint (with
+    /// `FlowConfig::checkpoints` off).
+    pub fn poll_commit_no(&mut self) -> Option<CommitNo> {
+        self.commit_nos.pop_front()
     }
 
     /// The outbox acknowledged commit `no` (and every earlier one). Returns
@@ -1649,8 +1663,17 @@ impl Flow {
         if close_back {
             self.back_close_commit = Some(no);
         }
-        match self.checkpoint(&up, &down) {
-            Ok(ck) => {
+        let built = if self.cfg.checkpoints {
+            self.checkpoint(&up, &down).map(Some)
+        } else {
+            Ok(None)
+        };
+        match built {
+            Ok(None) => {
+                self.commit_nos.push_back(CommitNo(no));
+                self.stats.commits += 1;
+            }
+            Ok(Some(ck)) => {
                 self.commits_out.push_back((CommitNo(no), ck));
                 self.stats.commits += 1;
             }

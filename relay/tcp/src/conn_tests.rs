@@ -1075,6 +1075,51 @@ fn paws_drops_old_timestamps() {
 }
 
 #[test]
+fn lagging_release_point_does_not_freeze_the_echoed_timestamp() {
+    // RFC 7323 R3 takes TS.Recent only from segments at or below the last
+    // ACK sent. With a release point that lags what arrived, in-order
+    // segments all start past it: TS.Recent would stay at the first one for
+    // as long as the lag lasts, and the peer's RTT samples (its RTO) grow
+    // with the connection's age.
+    let mut c = established_with(Config {
+        release: ReleaseMode::Manual,
+        ..cfg()
+    });
+    c.ts_ok = true;
+    c.ts_recent = 100;
+    let data = [7u8; 1000];
+    let seg_at = |k: usize, tsval: u32| {
+        let mut s = seg(IRS + 1 + k * 1000, Some(ISS + 1), A, &data);
+        s.options.timestamp = Some(TcpTimestamp { tsval, tsecr: 0 });
+        s
+    };
+    let tsecr = |o: &Out| o.opts.timestamp.map(|t| t.tsecr);
+    // At the ACK sent last: R3 as usual.
+    c.handle_segment(T0, &seg_at(0, 101));
+    assert_eq!(tsecr(&recv(&mut c, T0)), Some(101));
+    // Past it (held): not echoed yet.
+    c.handle_segment(T0, &seg_at(1, 102));
+    c.handle_segment(T0, &seg_at(2, 103));
+    assert_eq!(tsecr(&recv(&mut c, T0)), Some(101));
+    // The release covers the first byte of the first held segment: the
+    // ACK that releases it still echoes the older TSval (it acknowledges
+    // older bytes too), the next one that segment's.
+    c.release_to(IRS + 1501).unwrap();
+    let ack = recv(&mut c, T0);
+    assert_eq!((ack.ack, tsecr(&ack)), (IRS + 1501, Some(101)));
+    c.handle_segment(T0, &seg_at(3, 104));
+    let ack = recv(&mut c, T0);
+    assert_eq!((ack.ack, tsecr(&ack)), (IRS + 1501, Some(102)));
+    // And so on while the lag lasts; never backwards.
+    c.release_to(IRS + 3001).unwrap();
+    assert_eq!(tsecr(&recv(&mut c, T0)), Some(102));
+    c.release_to(IRS + 4001).unwrap();
+    assert_eq!(tsecr(&recv(&mut c, T0)), Some(104));
+    c.handle_segment(T0, &seg_at(4, 105));
+    assert_eq!(tsecr(&recv(&mut c, T0)), Some(105));
+}
+
+#[test]
 fn window_shrink_is_counted_and_respected() {
     let mut c = established();
     c.send(&[1; 3000]);

@@ -327,11 +327,11 @@ impl Worker {
         self.arena.clear();
         self.spans.clear();
         let (arena, spans) = (&mut self.arena, &mut self.spans);
-        let n = self.front.receive(64, &mut |f: &[u8]| {
+        let n = self.front.receive(256, &mut |f: &[u8]| {
             spans.push((true, arena.len(), f.len()));
             arena.extend_from_slice(f);
         })?;
-        let m = self.back.receive(64, &mut |f: &[u8]| {
+        let m = self.back.receive(256, &mut |f: &[u8]| {
             spans.push((false, arena.len(), f.len()));
             arena.extend_from_slice(f);
         })?;
@@ -620,6 +620,10 @@ impl Worker {
             while let Some((no, ck)) = slot.flow.poll_commit() {
                 self.shared.metrics.commits.inc();
                 self.outbox.commit(FlowId(id), no, &ck);
+            }
+            while let Some(no) = slot.flow.poll_commit_no() {
+                self.shared.metrics.commits.inc();
+                self.outbox.commit_no(FlowId(id), no);
             }
             let mut acked = false;
             while let Some((fid, no)) = self.outbox.poll_ack() {
