@@ -449,6 +449,20 @@ fn test(fuzz_seconds: u64) -> Result<()> {
         &["test", "--release", "-p", "relay-tcp", "--test", "sim"],
         &mut totals,
     )?;
+    step("failover simulation with the commit rule broken on purpose (must be caught)");
+    cargo_test(
+        &root(),
+        &[
+            "test",
+            "-p",
+            "relay-flow",
+            "--features",
+            "broken-commit-rule",
+            "--test",
+            "sim",
+        ],
+        &mut totals,
+    )?;
     if fuzz_seconds > 0 {
         fuzz(fuzz_seconds)?;
     }
