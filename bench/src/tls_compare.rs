@@ -362,7 +362,9 @@ fn measure(lab: &Lab, seconds: u32) -> Figures {
         if let Ok(out) = lab.exec(
             Node::Client,
             "openssl",
-            &["s_time", "-connect", &connect, flag, version, "-time", &time],
+            &[
+                "s_time", "-connect", &connect, flag, version, "-time", &time,
+            ],
         ) {
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             // "1234 connections in 5.01s; 246.31 connections/user sec, ..." then
