@@ -442,7 +442,11 @@ fn test(fuzz_seconds: u64) -> Result<()> {
     // integration tests), which the relay-lab tests run.
     step("cargo test (unit, BPF verdict and lab tests; needs root)");
     let mut totals = TestTotals::default();
-    cargo_test(&root(), &["test", "--workspace"], &mut totals)?;
+    cargo_test(
+        &root(),
+        &["test", "--workspace", "--no-fail-fast"],
+        &mut totals,
+    )?;
     step("TCP engine simulation at full size (64 MiB each way per run; release build)");
     cargo_test(
         &root(),

@@ -124,16 +124,16 @@ fn check_names_the_line_or_field() {
 }
 
 #[test]
-fn run_without_the_datapath_says_so() {
+fn run_with_a_bad_certificate_names_the_service_and_file() {
+    // The files exist (so --check passes them) but hold no PEM: `run`
+    // refuses before touching any interface, naming what is wrong.
     let dir = TempDir::new("run");
     let config = write_config(&dir, "");
     let out = relay(&["run", "--config", path_str(&config)]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("the datapath is wired in by relay-worker"),
-        "{}",
-        text(&out.stderr)
-    );
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("service[0] (web)"), "{stderr}");
+    assert!(stderr.contains("web.crt"), "{stderr}");
 }
 
 #[test]
