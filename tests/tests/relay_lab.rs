@@ -952,10 +952,6 @@ fn flood_running_during(s: &Setup) -> bool {
 }
 
 #[test]
-#[ignore = "relay (94517e9): the half-open table (max_half_open 16384, oldest evicted) turns over in about \
-            0.3 s under hping3's ~60k SYN/s; when the relay shares the 2 cores with another lab test, a real \
-            client's entry is evicted before its ACK/ClientHello is processed: curl gets (56) `Connection reset \
-            by peer` (or, before 94517e9, (28) no SYN-ACK in 10 s). Passes alone (16 MiB at 1.0 MB/s). No SYN-cookie fallback"]
 fn a_new_connection_is_served_during_a_syn_flood() {
     let s = setup("synnew", |c, _| c);
     let (flood, _) = start_syn_flood(&s);

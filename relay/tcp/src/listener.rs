@@ -1,6 +1,7 @@
 //! Passive open: the LISTEN state with a bounded half-open table.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use core::net::SocketAddrV4;
 
@@ -62,6 +63,12 @@ pub struct Listener {
     half_open: BTreeMap<FourTuple, Connection>,
     /// Half-open tuples, oldest first (may hold tuples already gone).
     order: VecDeque<FourTuple>,
+    /// Half-open connections that may have a segment to send (may hold
+    /// tuples already gone): `poll_transmit` never scans the table.
+    pending_tx: VecDeque<FourTuple>,
+    /// Timer deadlines, earliest first (entries may be stale: each is
+    /// checked against its connection when it comes due).
+    timers: BinaryHeap<Reverse<(Instant, FourTuple)>>,
     accepted: VecDeque<(FourTuple, Connection)>,
     resets: VecDeque<(FourTuple, TcpRepr<'static>)>,
     stats: ListenerStats,
@@ -97,6 +104,8 @@ impl Listener {
             max_half_open,
             half_open: BTreeMap::new(),
             order: VecDeque::new(),
+            pending_tx: VecDeque::new(),
+            timers: BinaryHeap::new(),
             accepted: VecDeque::new(),
             resets: VecDeque::new(),
             stats: ListenerStats::default(),
@@ -118,6 +127,7 @@ impl Listener {
     pub fn handle_segment(&mut self, now: Instant, tuple: FourTuple, seg: &TcpRepr<'_>) {
         if let Some(conn) = self.half_open.get_mut(&tuple) {
             conn.handle_segment(now, seg);
+            self.touched(tuple);
             self.settle(tuple);
             return;
         }
@@ -144,12 +154,37 @@ impl Listener {
                 self.stats.syns += 1;
                 self.half_open.insert(tuple, conn);
                 self.order.push_back(tuple);
+                self.touched(tuple);
                 if self.order.len() > 2 * self.max_half_open {
                     let live = &self.half_open;
                     self.order.retain(|t| live.contains_key(t));
                 }
             }
             Err(_) => self.stats.syns_dropped += 1,
+        }
+    }
+
+    /// A half-open connection changed: it may have a segment to send and a
+    /// new deadline.
+    fn touched(&mut self, tuple: FourTuple) {
+        let Some(conn) = self.half_open.get(&tuple) else {
+            return;
+        };
+        self.pending_tx.push_back(tuple);
+        if let Some(t) = conn.poll_timeout() {
+            self.timers.push(Reverse((t, tuple)));
+        }
+        if self.timers.len() > 4 * self.half_open.len() + 1024 {
+            // Stale entries: rebuild from the live table.
+            self.timers = self
+                .half_open
+                .iter()
+                .filter_map(|(t, c)| c.poll_timeout().map(|d| Reverse((d, *t))))
+                .collect();
+        }
+        if self.pending_tx.len() > 4 * self.half_open.len() + 1024 {
+            let live = &self.half_open;
+            self.pending_tx.retain(|t| live.contains_key(t));
         }
     }
 
@@ -209,45 +244,55 @@ impl Listener {
             self.stats.resets_sent += 1;
             return Some((tuple, rst));
         }
-        let mut found = None;
-        for (tuple, conn) in self.half_open.iter_mut() {
-            let mut scratch = [0u8; 0];
-            if let Some(seg) = conn.poll_transmit(now, &mut scratch) {
-                found = Some((
-                    *tuple,
-                    TcpRepr {
-                        payload: &[],
-                        ..seg
-                    },
-                ));
-                break;
-            }
-        }
         let _ = buf;
-        found
+        while let Some(&tuple) = self.pending_tx.front() {
+            if let Some(conn) = self.half_open.get_mut(&tuple) {
+                let mut scratch = [0u8; 0];
+                if let Some(seg) = conn.poll_transmit(now, &mut scratch) {
+                    // It stays at the front: it may have more to send.
+                    return Some((
+                        tuple,
+                        TcpRepr {
+                            payload: &[],
+                            ..seg
+                        },
+                    ));
+                }
+                // Done sending: sending armed (or moved) its timer.
+                if let Some(t) = conn.poll_timeout() {
+                    self.timers.push(Reverse((t, tuple)));
+                }
+            }
+            self.pending_tx.pop_front();
+        }
+        None
     }
 
     /// Earliest timer among the half-open connections.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.half_open
-            .values()
-            .filter_map(Connection::poll_timeout)
-            .min()
+        // The earliest entry, possibly stale: waking early is harmless.
+        self.timers.peek().map(|Reverse((t, _))| *t)
     }
 
     /// Runs due timers (SYN-ACK retransmissions, half-open expiry).
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<FourTuple> = self
-            .half_open
-            .iter()
-            .filter(|(_, c)| c.poll_timeout().is_some_and(|t| t <= now))
-            .map(|(t, _)| *t)
-            .collect();
-        for tuple in due {
-            if let Some(conn) = self.half_open.get_mut(&tuple) {
-                conn.handle_timeout(now);
+        while let Some(&Reverse((t, tuple))) = self.timers.peek() {
+            if t > now {
+                break;
             }
-            self.settle(tuple);
+            self.timers.pop();
+            let Some(conn) = self.half_open.get_mut(&tuple) else {
+                continue;
+            };
+            match conn.poll_timeout() {
+                Some(d) if d <= now => {
+                    conn.handle_timeout(now);
+                    self.touched(tuple);
+                    self.settle(tuple);
+                }
+                // Rescheduled since: its newer entry is in the heap.
+                _ => {}
+            }
         }
     }
 }
