@@ -5,7 +5,8 @@
 //! Encoding: `RFLD`, a version byte, the 32-bit tag of the base checkpoint
 //! (FNV-1a of its encoding, so a delta never applies to the wrong base),
 //! then the front and back TCP deltas (`relay_tcp::Delta`), the traffic
-//! state, the partial record, the four stream offsets as zigzag varints of
+//! state, the partial record (unchanged, grown by a suffix, or whole), the
+//! four stream offsets as zigzag varints of
 //! their change, and the batches as "dropped from the front, appended at
 //! the back". Traffic states are coded as unchanged, as new sequence
 //! numbers only, or whole. Decoding never panics: a lying peer gets a
@@ -52,8 +53,19 @@ pub fn encode_delta(new: &FlowCheckpoint, base: &FlowCheckpoint) -> Option<Vec<u
         out.extend_from_slice(d.as_bytes());
     }
     put_traffic(&mut out, &new.traffic, &base.traffic);
-    put_varint(&mut out, new.partial.len() as u64);
-    out.extend_from_slice(&new.partial);
+    // A record still arriving grows: only its new bytes travel.
+    if new.partial == base.partial {
+        out.push(0);
+    } else if new.partial.starts_with(&base.partial) && !base.partial.is_empty() {
+        out.push(1);
+        let added = &new.partial[base.partial.len()..];
+        put_varint(&mut out, added.len() as u64);
+        out.extend_from_slice(added);
+    } else {
+        out.push(2);
+        put_varint(&mut out, new.partial.len() as u64);
+        out.extend_from_slice(&new.partial);
+    }
     for (n, b) in [
         (new.up_client_off, base.up_client_off),
         (new.up_plain_off, base.up_plain_off),
@@ -99,11 +111,27 @@ pub fn apply_delta(base: &FlowCheckpoint, bytes: &[u8]) -> Result<FlowCheckpoint
     let front = tcp_apply(&base.front, &mut r, "front delta")?;
     let back = tcp_apply(&base.back, &mut r, "back delta")?;
     let traffic = get_traffic(&mut r, &base.traffic, "traffic delta")?;
-    let n = r.varint("partial")? as usize;
-    if n > MAX_PARTIAL {
-        return Err(FlowError::Checkpoint("partial"));
-    }
-    let partial = r.take(n, "partial")?.to_vec();
+    let partial = match r.u8("partial")? {
+        0 => base.partial.clone(),
+        kind @ (1 | 2) => {
+            let n = r.varint("partial")? as usize;
+            if n > MAX_PARTIAL {
+                return Err(FlowError::Checkpoint("partial"));
+            }
+            let bytes = r.take(n, "partial")?;
+            let mut p = if kind == 1 {
+                base.partial.clone()
+            } else {
+                Vec::new()
+            };
+            p.extend_from_slice(bytes);
+            if p.len() > MAX_PARTIAL {
+                return Err(FlowError::Checkpoint("partial"));
+            }
+            p
+        }
+        _ => return Err(FlowError::Checkpoint("partial")),
+    };
     let mut offs = [0u64; 4];
     for (o, b) in offs.iter_mut().zip([
         base.up_client_off,

@@ -153,3 +153,37 @@ fn garbage() {
         Some("front")
     );
 }
+
+/// Deltas rebuild every stored checkpoint in a real run (the standby checks
+/// each one) and are much smaller than the full encoding; prints the sizes.
+#[test]
+fn deltas_rebuild_checkpoints_and_are_small() {
+    let mut full = Vec::new();
+    let mut deltas = Vec::new();
+    for seed in [21, 22, 23] {
+        let mut p = Params::random(seed, (512 * KIB) as u64, false);
+        p.watch_rule = !cfg!(feature = "broken-commit-rule");
+        let report = Sim::new(p).run().unwrap_or_else(|e| panic!("{e}"));
+        full.extend(report.samples.iter().map(Vec::len));
+        deltas.extend(report.delta_sizes);
+    }
+    assert!(
+        deltas.len() > 10,
+        "too few deltas checked: {}",
+        deltas.len()
+    );
+    full.sort_unstable();
+    deltas.sort_unstable();
+    let median = |v: &[usize]| v[v.len() / 2];
+    let p99 = |v: &[usize]| v[(v.len() * 99 / 100).min(v.len() - 1)];
+    eprintln!(
+        "flow checkpoint: full {} B median ({}..{}); delta {} B median, p99 {} B, over {} deltas",
+        median(&full),
+        full[0],
+        full[full.len() - 1],
+        median(&deltas),
+        p99(&deltas),
+        deltas.len()
+    );
+    assert!(median(&deltas) * 4 < median(&full));
+}

@@ -858,6 +858,9 @@ pub struct Report {
     pub steps: u64,
     /// Encodings of a few checkpoints the standby stored (for decoder tests).
     pub samples: Vec<Vec<u8>>,
+    /// Size of each delta (from the previously stored checkpoint) the
+    /// standby checked: what the backplane would carry after the first.
+    pub delta_sizes: Vec<usize>,
 }
 
 pub struct Sim {
@@ -1519,6 +1522,26 @@ impl Sim {
             {
                 self.fail(format!("commit {:?} stored after {:?}", t.no, s.no));
                 return;
+            }
+            // The delta from the last stored checkpoint must rebuild this one.
+            if let Some(s) = &self.store
+                && s.ck.id == ck.id
+                && let Some(delta) = relay_flow::encode_delta(&ck, &s.ck)
+            {
+                match relay_flow::apply_delta(&s.ck, &delta) {
+                    Ok(rebuilt) if rebuilt == ck => self.report.delta_sizes.push(delta.len()),
+                    Ok(_) => {
+                        self.fail(format!(
+                            "delta for commit {:?} rebuilds another checkpoint",
+                            t.no
+                        ));
+                        return;
+                    }
+                    Err(e) => {
+                        self.fail(format!("delta for commit {:?} does not apply: {e}", t.no));
+                        return;
+                    }
+                }
             }
             if self.report.samples.len() < 64
                 && (t.no.0 % 7 == 1 || !ck.batches.is_empty() || !ck.partial.is_empty())
