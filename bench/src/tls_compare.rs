@@ -248,7 +248,7 @@ fn start_nginx(lab: &Lab, dir: &Path, cert: &Path, key: &Path) -> Result<Child> 
              http {{ access_log off; keepalive_requests 1000000;\n\
                upstream backend {{ server {b}:{BACKEND_PORT}; keepalive 64; }}\n\
                server {{ listen {vip}:443 ssl; ssl_certificate {cert}; ssl_certificate_key {key};\n\
-                 ssl_session_cache shared:SSL:10m; ssl_session_tickets on;\n\
+                 ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; ssl_session_tickets on;\n\
                  location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
                    proxy_buffering off; }} }} }}\n",
             d = dir.display(),
