@@ -201,10 +201,7 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     flow.back.mss = 1460;
     // What the peers may have in flight towards us, per flow: every flow's
     // burst lands in the same rx ring (see `socket_config`).
-    let window = std::env::var("RELAY_WINDOW")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(128 * 1024);
+    let window = 128 * 1024;
     flow.front.recv_buffer = window;
     flow.back.recv_buffer = window;
     let worker_cfg = WorkerConfig {

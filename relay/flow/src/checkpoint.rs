@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use relay_tcp::Checkpoint;
 use relay_tls::TrafficState;
 
+use crate::codec::{Reader, put_block};
 use crate::error::FlowError;
 use crate::outbox::FlowId;
 
@@ -255,51 +256,5 @@ impl FlowCheckpoint {
             plain += b.plaintext_len();
         }
         Ok(())
-    }
-}
-
-fn put_block(out: &mut Vec<u8>, data: &[u8]) {
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    out.extend_from_slice(data);
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], FlowError> {
-        if self.0.len() < n {
-            return Err(FlowError::Checkpoint(what));
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u8(&mut self, what: &'static str) -> Result<u8, FlowError> {
-        Ok(self.take(1, what)?[0])
-    }
-    fn bool(&mut self, what: &'static str) -> Result<bool, FlowError> {
-        match self.u8(what)? {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(FlowError::Checkpoint(what)),
-        }
-    }
-    fn u16(&mut self, what: &'static str) -> Result<u16, FlowError> {
-        let b = self.take(2, what)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self, what: &'static str) -> Result<u32, FlowError> {
-        let b = self.take(4, what)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn u64(&mut self, what: &'static str) -> Result<u64, FlowError> {
-        let b = self.take(8, what)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_be_bytes(a))
-    }
-    fn block(&mut self, what: &'static str) -> Result<&'a [u8], FlowError> {
-        let n = self.u32(what)? as usize;
-        self.take(n, what)
     }
 }

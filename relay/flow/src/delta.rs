@@ -16,6 +16,7 @@ use relay_tcp::{Checkpoint, Delta};
 use relay_tls::TrafficState;
 
 use crate::checkpoint::{FlowCheckpoint, MAX_BATCHES, MAX_PARTIAL, PlannedBatch};
+use crate::codec::{Reader, put_varint};
 use crate::error::FlowError;
 
 const MAGIC: &[u8; 4] = b"RFLD";
@@ -278,47 +279,6 @@ fn zigzag(v: i64) -> u64 {
 
 fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], FlowError> {
-        if self.0.len() < n {
-            return Err(FlowError::Checkpoint(what));
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-
-    fn u8(&mut self, what: &'static str) -> Result<u8, FlowError> {
-        Ok(self.take(1, what)?[0])
-    }
-
-    fn varint(&mut self, what: &'static str) -> Result<u64, FlowError> {
-        let mut v = 0u64;
-        for i in 0..10 {
-            let b = self.u8(what)?;
-            v |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(FlowError::Checkpoint(what))
-    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod checkpoint;
+mod codec;
 mod delta;
 mod error;
 mod flow;

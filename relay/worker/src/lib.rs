@@ -300,7 +300,9 @@ impl Worker {
                 }
             }
             // Flows that took segments seal what is left of their batch.
-            let touched: Vec<u64> = self.dirty.clone();
+            let mut touched: Vec<u64> = self.dirty.clone();
+            touched.sort_unstable();
+            touched.dedup();
             self.service_dirty(now)?;
             for id in touched {
                 if let Some(slot) = self.flows.get_mut(&id) {
