@@ -244,7 +244,7 @@ pub fn run_echo_exchange(
 /// half-close, read to EOF. Returns what came back.
 fn client_exchange(data: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, String> {
     let target = SocketAddr::from((addr::VIP, addr::VIP_PORT));
-    let stream = TcpStream::connect_timeout(&target, Duration::from_secs(5))
+    let stream = TcpStream::connect_timeout(&target, Duration::from_secs(30))
         .map_err(|e| format!("connect to {target}: {e}"))?;
     stream
         .set_read_timeout(Some(timeout))

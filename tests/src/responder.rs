@@ -117,13 +117,7 @@ impl EchoResponder {
         if tcp.flags.contains(TcpFlags::SYN) {
             // A fixed-per-peer ISN is fine for a demonstration responder.
             let isn = SeqNumber(0x1000_0000 ^ u32::from(tcp.src_port) << 8);
-            let conn = Conn {
-                snd_nxt: isn + 1,
-                rcv_nxt: tcp.seq_number + 1,
-                snd_wnd_right: isn + 1 + usize::from(tcp.window_len),
-                adv_window: u16::MAX,
-                fin_sent: false,
-            };
+            let rcv_nxt = tcp.seq_number + 1;
             let options = TcpOptions {
                 mss: Some(ECHO_MSS),
                 ..TcpOptions::default()
@@ -131,12 +125,24 @@ impl EchoResponder {
             replies.push(self.segment(
                 frame,
                 isn,
-                conn.rcv_nxt,
+                rcv_nxt,
                 u16::MAX,
                 TcpFlags::SYN | TcpFlags::ACK,
                 options,
                 &[],
             ));
+            // The client's SYN again (our SYN-ACK was slow or lost) is the
+            // same connection: answered again, not opened again.
+            if self.conns.get(&key).is_some_and(|c| c.rcv_nxt == rcv_nxt) {
+                return;
+            }
+            let conn = Conn {
+                snd_nxt: isn + 1,
+                rcv_nxt,
+                snd_wnd_right: isn + 1 + usize::from(tcp.window_len),
+                adv_window: u16::MAX,
+                fin_sent: false,
+            };
             self.conns.insert(key, conn);
             self.stats.opened += 1;
             return;

@@ -3,11 +3,11 @@
 //! frames built by relay-wire; relay-a's kernel never sees the flow.
 
 use std::io::{BufRead, BufReader};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use relay_common::Verdict;
-use relay_lab::{Lab, Node, echo, run, unique_prefix};
+use relay_lab::{Lab, Node, echo, run, unique_prefix, wait_for};
 
 #[test]
 fn kernel_client_talks_to_userspace_through_af_xdp() {
@@ -34,15 +34,37 @@ fn kernel_client_talks_to_userspace_through_af_xdp() {
         .recv_timeout(Duration::from_secs(20))
         .expect("tcpdump listening within 20 s");
 
+    let stdout = capture.stdout.take().expect("tcpdump stdout");
+    let captured = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = captured.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(mut lines) = sink.lock() {
+                lines.push(line);
+            }
+        }
+    });
+
     let report =
         echo::run_echo_exchange(&lab, 1 << 20, Duration::from_secs(60)).expect("echo exchange");
 
+    // tcpdump prints a packet some time after it passed: wait until both
+    // FINs of the close are in the capture before stopping it.
+    let vip = format!("{}.{}", relay_lab::addr::VIP, relay_lab::addr::VIP_PORT);
+    let from_vip = format!("{vip} >");
+    let to_vip = format!("> {vip}:");
+    let lines = wait_for(Duration::from_secs(30), "both FINs in the capture", || {
+        let lines = captured.lock().ok()?.clone();
+        let fin = |dir: &str| {
+            lines
+                .iter()
+                .any(|l| l.contains(dir) && l.contains("Flags [F"))
+        };
+        (fin(&from_vip) && fin(&to_vip)).then_some(lines)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", captured.lock().map(|l| l.clone())));
     run("kill", &["-TERM", &capture.id().to_string()]).expect("stop tcpdump");
-    let out = capture.wait_with_output().expect("tcpdump output");
-    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let _ = capture.wait();
 
     assert_eq!(report.received_bytes, report.bytes);
     assert_eq!(
@@ -82,11 +104,10 @@ fn kernel_client_talks_to_userspace_through_af_xdp() {
     }
 
     // The client saw our SYN-ACK and no reset from anyone.
-    let vip = format!("{}.{} >", relay_lab::addr::VIP, relay_lab::addr::VIP_PORT);
     assert!(
         lines
             .iter()
-            .any(|l| l.contains(&vip) && l.contains("Flags [S.]")),
+            .any(|l| l.contains(&from_vip) && l.contains("Flags [S.]")),
         "no SYN-ACK from the VIP in the capture:\n{}",
         lines.join("\n")
     );

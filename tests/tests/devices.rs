@@ -119,7 +119,7 @@ fn neighbour_resolution_asks_the_kernel() {
     let lab = Lab::up(&unique_prefix("arp")).expect("lab up (run as root)");
     let client_mac = lab.mac(Node::Client, "eth0").expect("client MAC");
     let _enter = NetnsGuard::enter(&lab.ns(Node::RelayA)).expect("enter relay-a");
-    let mac = relay_datapath::neighbour::resolve(addr::CLIENT, Duration::from_secs(5))
+    let mac = relay_datapath::neighbour::resolve(addr::CLIENT, Duration::from_secs(30))
         .expect("resolve the client");
     assert_eq!(mac, client_mac);
     let nobody = Ipv4Addr::new(10, 200, 1, 77);

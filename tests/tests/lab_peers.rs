@@ -348,7 +348,7 @@ impl Drop for Terminator {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         // Wakes the acceptor, which then sees the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(30));
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }

@@ -5,6 +5,7 @@
 //! program on frames built here, checking the action and the verdict counters.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use relay_common::Verdict;
 use relay_datapath::netns::NetnsGuard;
@@ -213,8 +214,32 @@ fn steered_packets_without_a_live_worker_are_dropped() {
     );
     f.steer.set_workers_alive(true).expect("mark alive");
     f.expect(&syn, xdp_action::REDIRECT, Verdict::Redirect);
-    // A worker that died: its socket closes and leaves the XSKMAP.
+    // A worker that died: its socket closes and leaves the XSKMAP. The
+    // kernel removes the map entry when the socket is released, which may
+    // come after close() returns; until then a redirect lands on a socket
+    // that is going away and is dropped there. What the program promises
+    // is that steered traffic never reaches the kernel stack, at any
+    // moment, and that it counts a DropNoWorker once the entry is gone.
     drop(f.device.take());
+    let settled = relay_lab::wait_for(
+        Duration::from_secs(30),
+        "the closed socket to leave the XSKMAP",
+        || {
+            let (action, delta) = f.run(&syn);
+            assert_ne!(
+                action,
+                xdp_action::PASS,
+                "a steered frame reached the kernel while the socket closed"
+            );
+            (action == xdp_action::DROP).then_some(delta)
+        },
+    )
+    .expect("the XSKMAP entry goes with the socket");
+    for v in Verdict::ALL {
+        let want = u64::from(v == Verdict::DropNoWorker);
+        assert_eq!(settled.get(v), want, "counter {v:?} after the socket left");
+    }
+    // And it stays gone.
     f.expect(&syn, xdp_action::DROP, Verdict::DropNoWorker);
 }
 

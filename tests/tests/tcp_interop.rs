@@ -205,24 +205,30 @@ fn run_exchange(side: Side, impairment: Option<Impairment>, migrate_half_way: bo
 
     // The kernel end, in its own namespace, once the engine's side is up
     // (earlier SYNs would meet relay-a's kernel, which has the VIP).
+    // The kernel side tells the engine side which port it connected from
+    // (passive) or that it listens (active).
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<u16>();
     let kernel = match side {
         Side::Passive => netns::run_in(
             &lab.ns(kernel_node),
-            || -> Result<(String, usize), String> {
+            move || -> Result<(String, usize), String> {
                 let target = std::net::SocketAddr::from((addr::VIP, addr::VIP_PORT));
-                let stream =
-                    relay_lab::wait_for(Duration::from_secs(20), "connect to the VIP", || {
-                        TcpStream::connect_timeout(&target, Duration::from_secs(2)).ok()
-                    })
-                    .map_err(|e| e.to_string())?;
+                // One connection attempt: the kernel retransmits its SYN
+                // through lost frames; a second attempt would leave the
+                // engine with a connection the client has abandoned.
+                let stream = TcpStream::connect_timeout(&target, Duration::from_secs(60))
+                    .map_err(|e| format!("connect to {target}: {e}"))?;
+                let port = stream.local_addr().map_err(|e| e.to_string())?.port();
+                let _ = ready_tx.send(port);
                 kernel_exchange(stream)
             },
         ),
         Side::Active => netns::run_in(
             &lab.ns(kernel_node),
-            || -> Result<(String, usize), String> {
+            move || -> Result<(String, usize), String> {
                 let listener =
                     TcpListener::bind((addr::BACKEND, BACKEND_PORT)).map_err(|e| e.to_string())?;
+                let _ = ready_tx.send(BACKEND_PORT);
                 let (stream, _) = listener.accept().map_err(|e| e.to_string())?;
                 kernel_exchange(stream)
             },
@@ -241,20 +247,16 @@ fn run_exchange(side: Side, impairment: Option<Impairment>, migrate_half_way: bo
         }
         Side::Active => {
             let mac =
-                neighbour::resolve(addr::BACKEND, Duration::from_secs(5)).expect("backend MAC");
+                neighbour::resolve(addr::BACKEND, Duration::from_secs(30)).expect("backend MAC");
             host.add_neighbour(addr::BACKEND, mac);
             let tuple = FourTuple::new(
                 SocketAddrV4::new(addr::BACK_SHARED, LOCAL_BACK_PORT),
                 SocketAddrV4::new(addr::BACKEND, BACKEND_PORT),
             );
             // The kernel server must be listening before the SYN goes out.
-            relay_lab::wait_for(Duration::from_secs(10), "backend listening", || {
-                let ss = lab.exec(kernel_node, "ss", &["-ltn"]).ok()?;
-                String::from_utf8_lossy(&ss.stdout)
-                    .contains(&format!(":{BACKEND_PORT}"))
-                    .then_some(())
-            })
-            .expect("backend server up");
+            ready_rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("backend server listening");
             host.insert(
                 Connection::connect(engine_config(), tuple, &secret, host.now()).expect("connect"),
             );
@@ -267,8 +269,13 @@ fn run_exchange(side: Side, impairment: Option<Impairment>, migrate_half_way: bo
     let deadline = std::time::Instant::now() + Duration::from_secs(600);
     loop {
         host.poll().expect("poll");
-        if tuple.is_none() {
-            tuple = host.conns.keys().next().copied();
+        if tuple.is_none()
+            && let Ok(port) = ready_rx.try_recv()
+        {
+            tuple = Some(FourTuple::new(
+                SocketAddrV4::new(addr::VIP, addr::VIP_PORT),
+                SocketAddrV4::new(addr::CLIENT, port),
+            ));
         }
         if let Some(t) = tuple {
             if let Some(conn) = host.conns.get_mut(&t) {

@@ -123,12 +123,21 @@ impl Listener {
     }
 
     /// Handles a segment for `tuple` (whose `local` is ours) that no
-    /// established connection claimed (RFC 9293 (3.10.7.2)).
+    /// established connection claimed (RFC 9293 (3.10.7.2)). A connection
+    /// that completed its handshake but was not yet taken with
+    /// [`accept`](Self::accept) still gets its segments: a client sends
+    /// data right behind its ACK, and a caller that drains a whole batch
+    /// of frames before accepting must not see that data answered with a
+    /// reset.
     pub fn handle_segment(&mut self, now: Instant, tuple: FourTuple, seg: &TcpRepr<'_>) {
         if let Some(conn) = self.half_open.get_mut(&tuple) {
             conn.handle_segment(now, seg);
             self.touched(tuple);
             self.settle(tuple);
+            return;
+        }
+        if let Some((_, conn)) = self.accepted.iter_mut().find(|(t, _)| *t == tuple) {
+            conn.handle_segment(now, seg);
             return;
         }
         if seg.flags.rst() {
@@ -357,6 +366,35 @@ mod tests {
         assert_eq!(conn.state(), State::Established);
         assert_eq!(conn.poll_event(), Some(crate::Event::Connected));
         assert_eq!((l.half_open(), l.stats().established), (0, 1));
+    }
+
+    #[test]
+    fn data_behind_the_ack_reaches_a_connection_not_yet_accepted() {
+        let mut l = listener(4);
+        l.handle_segment(T0, peer(1000), &seg(1000, 500, None, TcpFlags::SYN));
+        let mut buf = [0u8; 64];
+        let (_, sa) = l.poll_transmit(T0, &mut buf).unwrap();
+        let iss = sa.seq_number;
+        // The ACK and the first data segment arrive in one batch, before
+        // the caller accepts.
+        l.handle_segment(
+            T0,
+            peer(1000),
+            &seg(1000, 501, Some(iss.0 + 1), TcpFlags::empty()),
+        );
+        let data = TcpRepr {
+            payload: b"hello",
+            ..seg(1000, 501, Some(iss.0 + 1), TcpFlags::PSH)
+        };
+        l.handle_segment(T0, peer(1000), &data);
+        assert!(
+            l.poll_transmit(T0, &mut buf).is_none(),
+            "no reset for the accepted connection's data"
+        );
+        assert_eq!(l.stats().resets_sent, 0);
+        let (_, conn) = l.accept().unwrap();
+        let (a, b) = conn.readable();
+        assert_eq!([a, b].concat(), b"hello");
     }
 
     #[test]

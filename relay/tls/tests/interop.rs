@@ -98,7 +98,7 @@ fn openssl_s_client_every_suite_with_resumption() {
         );
         expected.push((suite, true));
     }
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    server.stats.wait_finished(expected.len());
     let seen: Vec<(Suite, bool)> = server
         .stats
         .infos()
@@ -195,6 +195,7 @@ fn openssl_s_client_key_updates_both_ways_and_a_move() {
         // The answers to K (twice) and our own.
         assert!(tx >= 3, "{suite}: sent {tx} KeyUpdates");
     }
+    server.stats.wait_finished(3);
     assert_eq!(server.stats.moves.load(Ordering::SeqCst), 3);
     assert_eq!(server.stats.errors(), Vec::<String>::new());
 }
@@ -236,6 +237,7 @@ fn curl_every_suite() {
         assert_eq!(info.suite, suite);
         assert_eq!(info.alpn.as_deref(), Some(&b"http/1.1"[..]));
     }
+    server.stats.wait_finished(Suite::ALL.len());
     assert_eq!(server.stats.errors(), Vec::<String>::new());
 }
 
@@ -263,6 +265,8 @@ fn gnutls_cli_both_versions_with_resumption() {
         let (_, out, err) = c.finish(20);
         assert!(out.contains("gnutls-ping"), "{out}\n{err}");
     }
+    // Each gnutls-cli --resume run connects twice.
+    server.stats.wait_finished(4);
     let infos = server.stats.infos();
     let resumed: Vec<(Version, bool)> = infos.iter().map(|i| (i.version, i.resumed)).collect();
     assert_eq!(
@@ -323,6 +327,7 @@ fn python_ssl_with_resumption() {
         assert!(st.success(), "python ssl {ver}: {out}\n{err}");
         assert!(out.contains("reused False True"), "{ver}: {out}");
     }
+    server.stats.wait_finished(4);
     let infos = server.stats.infos();
     assert_eq!(infos.iter().filter(|i| i.resumed).count(), 2);
     assert!(server.stats.key_updates_sent.load(Ordering::SeqCst) >= 1);

@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Fails the test with a clear message when a tool is missing (no silent skip).
@@ -26,13 +27,14 @@ pub struct Proc {
     stdin: Option<ChildStdin>,
     out: Arc<Mutex<Vec<u8>>>,
     err: Arc<Mutex<Vec<u8>>>,
+    collectors: Vec<JoinHandle<()>>,
     what: String,
 }
 
-fn collect(mut r: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+fn collect(mut r: impl Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
     let buf = Arc::new(Mutex::new(Vec::new()));
     let b2 = buf.clone();
-    std::thread::spawn(move || {
+    let handle = std::thread::spawn(move || {
         let mut chunk = [0u8; 4096];
         while let Ok(n) = r.read(&mut chunk) {
             if n == 0 {
@@ -41,7 +43,7 @@ fn collect(mut r: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
             b2.lock().unwrap().extend_from_slice(&chunk[..n]);
         }
     });
-    buf
+    (buf, handle)
 }
 
 impl Proc {
@@ -54,13 +56,14 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
         let stdin = child.stdin.take();
-        let out = collect(child.stdout.take().unwrap());
-        let err = collect(child.stderr.take().unwrap());
+        let (out, out_done) = collect(child.stdout.take().unwrap());
+        let (err, err_done) = collect(child.stderr.take().unwrap());
         Self {
             child,
             stdin,
             out,
             err,
+            collectors: vec![out_done, err_done],
             what,
         }
     }
@@ -111,19 +114,26 @@ impl Proc {
         }
     }
 
+    fn join_collectors(&mut self) {
+        for handle in self.collectors.drain(..) {
+            let _ = handle.join();
+        }
+    }
+
     /// Closes stdin and waits for the exit (killing it after `secs`).
     pub fn finish(mut self, secs: u64) -> (ExitStatus, String, String) {
         drop(self.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
-                // Let the collectors catch the last bytes.
-                std::thread::sleep(Duration::from_millis(50));
+                // The collectors end at EOF, once they hold the last bytes.
+                self.join_collectors();
                 return (st, self.stdout(), self.stderr());
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 let st = self.child.wait().unwrap();
+                self.join_collectors();
                 return (st, self.stdout(), self.stderr());
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -39,6 +39,8 @@ pub struct Stats {
     pub key_updates_sent: AtomicUsize,
     pub moves: AtomicUsize,
     pub close_notify_received: AtomicUsize,
+    /// Connections whose serving thread has returned (with or without error).
+    pub finished: AtomicUsize,
 }
 
 impl Stats {
@@ -47,6 +49,23 @@ impl Stats {
     }
     pub fn errors(&self) -> Vec<String> {
         self.errors.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` connections have been served to the end, so that
+    /// what their threads record after the client is gone (an error, a
+    /// close_notify) is in before a test reads it.
+    #[track_caller]
+    pub fn wait_finished(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.finished.load(Ordering::SeqCst) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {n} connections finished; errors: {:?}",
+                self.finished.load(Ordering::SeqCst),
+                self.errors()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -75,6 +94,7 @@ impl TestServer {
                     if let Err(e) = serve(conn, &cfg, mode, &stats) {
                         stats.errors.lock().unwrap().push(e);
                     }
+                    stats.finished.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
