@@ -163,6 +163,8 @@ pub struct RelayConfig {
     pub max_flow_memory: Option<u32>,
     /// `limits.handshake_timeout_ms`.
     pub handshake_timeout_ms: Option<u64>,
+    /// `limits.close_timeout_ms`.
+    pub close_timeout_ms: Option<u64>,
     /// `limits.max_half_open` (front connections not yet established).
     pub max_half_open: Option<u32>,
     /// The services.
@@ -183,6 +185,7 @@ impl RelayConfig {
             max_flows: None,
             max_flow_memory: None,
             handshake_timeout_ms: None,
+            close_timeout_ms: None,
             max_half_open: None,
             services: vec![ServiceSpec::lab(cert, key)],
         }
@@ -197,6 +200,12 @@ impl RelayConfig {
     /// Sets `limits.handshake_timeout_ms`.
     pub fn handshake_timeout_ms(mut self, ms: u64) -> Self {
         self.handshake_timeout_ms = Some(ms);
+        self
+    }
+
+    /// Sets `limits.close_timeout_ms`.
+    pub fn close_timeout_ms(mut self, ms: u64) -> Self {
+        self.close_timeout_ms = Some(ms);
         self
     }
 
@@ -232,6 +241,7 @@ impl RelayConfig {
         if self.max_flows.is_some()
             || self.max_flow_memory.is_some()
             || self.handshake_timeout_ms.is_some()
+            || self.close_timeout_ms.is_some()
             || self.max_half_open.is_some()
         {
             t.push_str("\n[limits]\n");
@@ -243,6 +253,9 @@ impl RelayConfig {
             }
             if let Some(n) = self.handshake_timeout_ms {
                 let _ = writeln!(t, "handshake_timeout_ms = {n}");
+            }
+            if let Some(n) = self.close_timeout_ms {
+                let _ = writeln!(t, "close_timeout_ms = {n}");
             }
             if let Some(n) = self.max_half_open {
                 let _ = writeln!(t, "max_half_open = {n}");

@@ -599,6 +599,88 @@ fn gnutls_cli_fetches_with_tls13() {
 
 /// argv: CA file, VIP. For TLS 1.2 and 1.3: a first connection, then a
 /// second one offering the first's session.
+/// argv: CA file, VIP, count. Each client: a TLS 1.3 handshake, one short
+/// request, shutdown of its writing side, close without reading the answer
+/// (a common way for a client to go).
+const PYTHON_SEND_AND_GO: &str = r#"
+import socket, ssl, sys
+ca, vip, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ctx = ssl.create_default_context(cafile=ca)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+for i in range(count):
+    raw = socket.create_connection((vip, 443), timeout=30)
+    s = ctx.wrap_socket(raw, server_hostname="relay.lab")
+    s.sendall(b"GET / HTTP/1.0\r\nHost: relay.lab\r\n\r\n")
+    s.shutdown(socket.SHUT_WR)
+    s.close()
+print("done", count)
+"#;
+
+#[test]
+fn clients_that_send_shut_down_and_close_leave_no_flow_behind() {
+    let s = setup("sendgo", |c, _| c);
+    let dir = TempDir(temp_dir(&format!("sendgo-{}", s.lab.prefix())));
+    let script = dir.0.join("send_and_go.py");
+    std::fs::write(&script, PYTHON_SEND_AND_GO).expect("write");
+    let done = sh(
+        &s.lab,
+        Node::Client,
+        &format!("python3 {} {} {} 20", script.display(), s.ca(), addr::VIP),
+        Duration::from_secs(120),
+    );
+    assert!(done.ok(), "python: {}{}", done.stdout, done.stderr);
+    let left = wait_for(Duration::from_secs(60), "every flow to end", || {
+        s.relay.flows().ok().filter(|f| f.is_empty())
+    });
+    if let Err(e) = left {
+        panic!(
+            "{e}: still listed: {:#?}\nrelay log:\n{}",
+            s.relay.flows(),
+            s.relay.log_tail(40)
+        );
+    }
+    let status = s.relay.status().expect("status");
+    assert!(status.flows_active == 0, "{status:?}");
+}
+
+/// argv: CA file, VIP. One TLS 1.3 client that asks for 64 MiB, shuts
+/// down its writing side and then never reads: a closing flow that cannot
+/// move (the client's window is shut) while the client lives on.
+const PYTHON_ASK_AND_STALL: &str = r#"
+import socket, ssl, sys, time
+ca, vip = sys.argv[1], sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+raw = socket.create_connection((vip, 443), timeout=30)
+raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s = ctx.wrap_socket(raw, server_hostname="relay.lab")
+s.sendall(b"GET /bytes/67108864 HTTP/1.0\r\nHost: relay.lab\r\n\r\n")
+s.shutdown(socket.SHUT_WR)
+print("stalled", flush=True)
+time.sleep(600)
+"#;
+
+#[test]
+fn a_closing_flow_that_stops_moving_ends_at_the_close_timeout() {
+    let s = setup("closeto", |c, _| c.close_timeout_ms(3000));
+    let dir = TempDir(temp_dir(&format!("closeto-{}", s.lab.prefix())));
+    let script = dir.0.join("ask_and_stall.py");
+    std::fs::write(&script, PYTHON_ASK_AND_STALL).expect("write");
+    let _client = Script::spawn(
+        &s.lab,
+        Node::Client,
+        &format!("exec python3 {} {} {}", script.display(), s.ca(), addr::VIP),
+    );
+    wait_for(Duration::from_secs(60), "the stalled flow to close", || {
+        (s.metric("relay_flows_closed_total", &[("reason", "close_timeout")]) >= 1.0).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: flows {:#?}", s.relay.flows()));
+    wait_for(Duration::from_secs(30), "no flow left", || {
+        s.relay.flows().ok().filter(|f| f.is_empty())
+    })
+    .unwrap();
+}
+
 const PYTHON_RESUME: &str = r#"
 import hashlib, socket, ssl, sys
 ca, vip = sys.argv[1], sys.argv[2]

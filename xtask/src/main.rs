@@ -569,6 +569,7 @@ fn fuzz(seconds: u64) -> Result<()> {
         ("relay/wire/fuzz", "tcp_frame"),
         ("relay/tls/fuzz", "deframe"),
         ("relay/tls/fuzz", "record_open"),
+        ("relay/replication/fuzz", "deframe"),
     ];
     for (i, (dir, target)) in targets.iter().enumerate() {
         step(&format!(

@@ -192,6 +192,7 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         .context("reading /dev/urandom for the ISN secret")?;
     let mut flow = FlowConfig {
         handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
+        close_timeout: Duration::from_millis(config.limits.close_timeout_ms),
         coalesce: true,
         // No peers yet: commits are acknowledged at once and kept nowhere.
         checkpoints: false,

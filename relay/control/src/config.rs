@@ -106,6 +106,10 @@ pub struct Limits {
     pub max_flow_memory: u32,
     /// A client that has not finished its handshake by then is dropped.
     pub handshake_timeout_ms: u64,
+    /// A flow whose close (a FIN or a failure on either side) has not
+    /// finished by then is aborted with a RST to both peers, so that no
+    /// client can keep a closing flow, and its memory, forever.
+    pub close_timeout_ms: u64,
     /// Client connections in SYN-RECEIVED per service; a SYN beyond it
     /// pushes out the oldest (a SYN flood then costs a bounded table, and a
     /// real client whose ACK comes back within this many SYNs still gets in).
@@ -118,6 +122,7 @@ impl Default for Limits {
             max_flows: 100_000,
             max_flow_memory: 1 << 20,
             handshake_timeout_ms: 10_000,
+            close_timeout_ms: 60_000,
             max_half_open: 16_384,
         }
     }
@@ -370,11 +375,16 @@ impl Config {
                 "must be at least 65536 bytes (a TLS record each way)".into(),
             ));
         }
-        if self.limits.handshake_timeout_ms == 0 {
-            return Err(invalid(
-                "limits.handshake_timeout_ms".into(),
-                "must be positive".into(),
-            ));
+        for (field, ms) in [
+            (
+                "limits.handshake_timeout_ms",
+                self.limits.handshake_timeout_ms,
+            ),
+            ("limits.close_timeout_ms", self.limits.close_timeout_ms),
+        ] {
+            if ms == 0 {
+                return Err(invalid(field.into(), "must be positive".into()));
+            }
         }
         for (field, interface, queues) in [
             ("front", &self.front.interface, &self.front.queues),

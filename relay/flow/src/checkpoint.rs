@@ -2,15 +2,16 @@
 //!
 //! See `docs/flow-design.md` for what each part is for. The encoding is
 //! `RFLW`, a version byte, then the fields in order, big-endian, each
-//! variable part length-prefixed. Decoding never panics: a peer that lies
-//! on the backplane gets a [`FlowError::Checkpoint`] naming the field.
+//! variable part length-prefixed, written and read with `relay_codec`.
+//! Decoding never panics: a peer that lies on the backplane gets a
+//! [`FlowError::Checkpoint`] naming the field.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use relay_codec::{Reader, Writer};
 use relay_tcp::Checkpoint;
 use relay_tls::TrafficState;
 
-use crate::codec::{Reader, put_block};
 use crate::error::FlowError;
 use crate::outbox::FlowId;
 
@@ -99,47 +100,49 @@ impl FlowCheckpoint {
     /// Encodes the checkpoint.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(512 + self.partial.len());
-        out.extend_from_slice(MAGIC);
-        out.push(FLOW_CHECKPOINT_VERSION);
-        out.extend_from_slice(&self.id.0.to_be_bytes());
-        put_block(&mut out, &self.front.to_bytes());
-        put_block(&mut out, &self.back.to_bytes());
-        put_block(&mut out, &self.traffic.export());
-        put_block(&mut out, &self.partial);
+        let mut w = Writer::new(&mut out);
+        w.bytes(MAGIC);
+        w.u8(FLOW_CHECKPOINT_VERSION);
+        w.u64(self.id.0);
+        w.block(&self.front.to_bytes());
+        w.block(&self.back.to_bytes());
+        w.block(&self.traffic.export());
+        w.block(&self.partial);
         for v in [
             self.up_client_off,
             self.up_plain_off,
             self.down_client_off,
             self.down_plain_off,
         ] {
-            out.extend_from_slice(&v.to_be_bytes());
+            w.u64(v);
         }
-        out.extend_from_slice(&(self.batches.len() as u32).to_be_bytes());
+        // At most MAX_BATCHES batches of at most 64 records (decode checks).
+        w.u32(self.batches.len() as u32);
         for b in &self.batches {
-            put_block(&mut out, &b.state_before.export());
-            out.extend_from_slice(&b.client_off.to_be_bytes());
-            out.extend_from_slice(&b.plain_off.to_be_bytes());
-            out.push(u8::from(b.close));
-            out.extend_from_slice(&(b.sizes.len() as u32).to_be_bytes());
-            for s in &b.sizes {
-                out.extend_from_slice(&s.to_be_bytes());
+            w.block(&b.state_before.export());
+            w.u64(b.client_off);
+            w.u64(b.plain_off);
+            w.bool(b.close);
+            w.u32(b.sizes.len() as u32);
+            for &s in &b.sizes {
+                w.u16(s);
             }
         }
         let m = &self.meta;
-        out.extend_from_slice(&m.service.to_be_bytes());
-        out.extend_from_slice(&m.backend.ip().octets());
-        out.extend_from_slice(&m.backend.port().to_be_bytes());
-        put_block(&mut out, m.server_name.as_deref().unwrap_or("").as_bytes());
-        out.push(u8::from(m.server_name.is_some()));
-        put_block(&mut out, m.alpn.as_deref().unwrap_or(&[]));
-        out.push(u8::from(m.alpn.is_some()));
-        out.push(u8::from(m.resumed));
+        w.u16(m.service);
+        w.bytes(&m.backend.ip().octets());
+        w.u16(m.backend.port());
+        w.block(m.server_name.as_deref().unwrap_or("").as_bytes());
+        w.bool(m.server_name.is_some());
+        w.block(m.alpn.as_deref().unwrap_or(&[]));
+        w.bool(m.alpn.is_some());
+        w.bool(m.resumed);
         out
     }
 
     /// Decodes and validates a checkpoint written by [`Self::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, FlowError> {
-        let mut r = Reader(bytes);
+        let mut r = Reader::new(bytes);
         if r.take(4, "magic")? != MAGIC {
             return Err(FlowError::Checkpoint("magic"));
         }
@@ -197,8 +200,7 @@ impl FlowCheckpoint {
             });
         }
         let service = r.u16("service")?;
-        let ip = r.take(4, "backend")?;
-        let ip = Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]);
+        let ip = Ipv4Addr::from(r.array::<4>("backend")?);
         let port = r.u16("backend port")?;
         let sni = r.block("server_name")?;
         let server_name = if r.bool("server_name flag")? {
@@ -212,9 +214,7 @@ impl FlowCheckpoint {
         let alpn = r.block("alpn")?.to_vec();
         let alpn = r.bool("alpn flag")?.then_some(alpn);
         let resumed = r.bool("resumed")?;
-        if !r.0.is_empty() {
-            return Err(FlowError::Checkpoint("trailing bytes"));
-        }
+        r.finish()?;
         let ck = FlowCheckpoint {
             id,
             front,

@@ -16,3 +16,11 @@ pub enum FlowError {
     #[error("flow used out of order: {0}")]
     Usage(&'static str),
 }
+
+impl From<relay_codec::CodecError> for FlowError {
+    /// A field that does not decode is a bad checkpoint; the field's name
+    /// is kept (`"trailing bytes"` for bytes after the last field).
+    fn from(e: relay_codec::CodecError) -> Self {
+        FlowError::Checkpoint(e.what())
+    }
+}

@@ -38,6 +38,10 @@ pub struct FlowConfig {
     pub max_record: usize,
     /// A client that has not finished its handshake by then is closed.
     pub handshake_timeout: Duration,
+    /// A flow still closing this long after its close began (a FIN or a
+    /// failure on either side) is aborted: both peers get a RST. Whatever
+    /// a peer does or fails to do, every close ends.
+    pub close_timeout: Duration,
     /// Client ciphertext of a record still being received that is released
     /// (carried in the commit) once it reaches this size.
     pub partial_release: usize,
@@ -66,6 +70,7 @@ impl Default for FlowConfig {
             max_batch: 64 * 1024,
             max_record: MAX_RECORD,
             handshake_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(60),
             partial_release: 8 * 1024,
             coalesce: false,
             checkpoints: true,
@@ -128,6 +133,8 @@ pub enum CloseReason {
     BackendTimeout,
     /// The operator or the relay aborted the flow.
     Aborted,
+    /// The close did not finish within the close timeout.
+    CloseTimeout,
 }
 
 impl CloseReason {
@@ -144,13 +151,14 @@ impl CloseReason {
             CloseReason::NoBackend => "no_backend",
             CloseReason::BackendRefused => "backend_refused",
             CloseReason::BackendReset => "backend_reset",
+            CloseReason::CloseTimeout => "close_timeout",
             CloseReason::BackendTimeout => "backend_timeout",
             CloseReason::Aborted => "aborted",
         }
     }
 
     /// Every reason, for pre-registering metrics.
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::Normal,
         CloseReason::ClientReset,
         CloseReason::ClientTimeout,
@@ -163,6 +171,7 @@ impl CloseReason {
         CloseReason::BackendReset,
         CloseReason::BackendTimeout,
         CloseReason::Aborted,
+        CloseReason::CloseTimeout,
     ];
 }
 
@@ -374,6 +383,11 @@ pub struct Flow {
     hs_input: Vec<u8>,
     hs_ready_sent: bool,
     hs_deadline: Option<Instant>,
+    /// When a close that began and stopped moving is given up (see
+    /// `FlowConfig::close_timeout`), and where both engines stood when it
+    /// was set: any byte or FIN moving since pushes it back.
+    close_deadline: Option<Instant>,
+    close_progress: [u32; 4],
     hs_out: Vec<u8>,
     /// Client stream bytes consumed from the front engine.
     front_rx_off: u64,
@@ -511,6 +525,8 @@ impl Flow {
             hs_input: Vec::new(),
             hs_ready_sent: false,
             hs_deadline: None,
+            close_deadline: None,
+            close_progress: [0; 4],
             hs_out: Vec::new(),
             front_rx_off: 0,
             records: None,
@@ -766,6 +782,7 @@ impl Flow {
         for c in [
             self.back.as_ref().and_then(Connection::poll_timeout),
             self.hs_deadline,
+            self.close_deadline,
         ]
         .into_iter()
         .flatten()
@@ -790,6 +807,15 @@ impl Flow {
             tracing::debug!(id = self.id.0, "handshake timed out");
             self.front.abort();
             self.end(CloseReason::HandshakeTimeout);
+        }
+        if self.close_deadline.is_some_and(|t| t <= now) && self.phase != Phase::Closed {
+            self.close_deadline = None;
+            tracing::debug!(id = self.id.0, phase = self.phase.name(), "close timed out");
+            self.end(CloseReason::CloseTimeout);
+            self.front.abort();
+            if let Some(back) = self.back.as_mut() {
+                back.abort();
+            }
         }
         self.progress(now);
     }
@@ -1014,6 +1040,28 @@ impl Flow {
             }
         }
         self.check_done();
+        if self.phase != Phase::Closed
+            && (self.phase == Phase::Closing || self.close_reason.is_some())
+        {
+            // An idle timer, like HAProxy's `timeout client-fin`: a
+            // half-closed flow that still moves bytes (a slow download
+            // after the client's FIN) lives on.
+            let at = self.close_point();
+            if self.close_deadline.is_none() || at != self.close_progress {
+                self.close_progress = at;
+                self.close_deadline = Some(now + self.cfg.close_timeout);
+            }
+        }
+    }
+
+    /// Where both engines stand in sequence space, both ways.
+    fn close_point(&self) -> [u32; 4] {
+        let front = [self.front.snd_una().0, self.front.rcv_nxt().0];
+        let back = self
+            .back
+            .as_ref()
+            .map_or([0, 0], |b| [b.snd_una().0, b.rcv_nxt().0]);
+        [front[0], front[1], back[0], back[1]]
     }
 
     fn engine_events(&mut self) {

@@ -16,7 +16,6 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod checkpoint;
-mod codec;
 mod delta;
 mod error;
 mod flow;

@@ -4,11 +4,13 @@
 //! The encoding is fixed-width big-endian behind a 4-byte magic and a
 //! version byte; a delta lists the fields that changed against a base
 //! checkpoint (identified by a tag), each as a zigzag varint of the
-//! wrapping difference.
+//! wrapping difference. Both are written and read with `relay_codec`, so
+//! a decoding error names the field.
 
 use core::net::{Ipv4Addr, SocketAddrV4};
 use core::time::Duration;
 
+use relay_codec::{Reader, Writer};
 use relay_wire::SeqNumber;
 
 use crate::cc::CongestionAlgorithm;
@@ -99,27 +101,46 @@ pub struct Checkpoint {
     pub w_max: u32,
 }
 
-/// Field widths of the encoding, in order (see `fields`).
-const WIDTHS: [usize; 28] = [
-    1, // state
-    4, 2, 4, 2, // tuple
-    4, 4, // iss, irs
-    4, 4, 4, 4, 4, 4, // snd_una, snd_max, snd_wnd, snd_wl1, snd_wl2, max_snd_wnd
-    4, // snd_fin
-    4, 4, // rcv_rel, rcv_adv
-    2, 1, 1, 1, // smss, snd_ws, rcv_ws, flags
-    4, 4, // ts_recent, ts_clock
-    4, 4, // srtt, rttvar
-    1, 4, 4, 4, // cc
+/// Name and width in bytes of each field of the encoding, in order (see
+/// `fields`). The names are what a decoding error reports.
+const FIELDS: [(&str, usize); 28] = [
+    ("state", 1),
+    ("local address", 4),
+    ("local port", 2),
+    ("remote address", 4),
+    ("remote port", 2),
+    ("iss", 4),
+    ("irs", 4),
+    ("snd_una", 4),
+    ("snd_max", 4),
+    ("snd_wnd", 4),
+    ("snd_wl1", 4),
+    ("snd_wl2", 4),
+    ("max_snd_wnd", 4),
+    ("snd_fin", 4),
+    ("rcv_rel", 4),
+    ("rcv_adv", 4),
+    ("smss", 2),
+    ("snd_ws", 1),
+    ("rcv_ws", 1),
+    ("flags", 1),
+    ("ts_recent", 4),
+    ("ts_clock", 4),
+    ("srtt", 4),
+    ("rttvar", 4),
+    ("congestion algorithm", 1),
+    ("cwnd", 4),
+    ("ssthresh", 4),
+    ("w_max", 4),
 ];
-const NFIELDS: usize = WIDTHS.len();
+const NFIELDS: usize = FIELDS.len();
 
 /// Encoded size of a full checkpoint.
 pub const CHECKPOINT_LEN: usize = 5 + {
     let mut n = 0;
     let mut i = 0;
     while i < NFIELDS {
-        n += WIDTHS[i];
+        n += FIELDS[i].1;
         i += 1;
     }
     n
@@ -273,10 +294,17 @@ impl Checkpoint {
     /// The encoding: `RTCK`, version, then the fields big-endian.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(CHECKPOINT_LEN);
-        out.extend_from_slice(&MAGIC);
-        out.push(CHECKPOINT_VERSION);
-        for (v, w) in self.fields().iter().zip(WIDTHS) {
-            out.extend_from_slice(&v.to_be_bytes()[8 - w..]);
+        let mut w = Writer::new(&mut out);
+        w.bytes(&MAGIC);
+        w.u8(CHECKPOINT_VERSION);
+        for (v, (_, width)) in self.fields().into_iter().zip(FIELDS) {
+            // Each value fits its width: `fields` widens narrower integers.
+            match width {
+                1 => w.u8(v as u8),
+                2 => w.u16(v as u16),
+                4 => w.u32(v as u32),
+                _ => w.u64(v),
+            }
         }
         out
     }
@@ -289,11 +317,13 @@ impl Checkpoint {
                 got: bytes.len(),
             });
         }
-        if bytes[..4] != MAGIC {
+        let mut r = Reader::new(bytes);
+        if r.take(4, "magic")? != MAGIC {
             return Err(Error::CheckpointMagic);
         }
-        if bytes[4] != CHECKPOINT_VERSION {
-            return Err(Error::CheckpointVersion(bytes[4]));
+        let version = r.u8("version")?;
+        if version != CHECKPOINT_VERSION {
+            return Err(Error::CheckpointVersion(version));
         }
         if bytes.len() < CHECKPOINT_LEN {
             return Err(Error::CheckpointTruncated {
@@ -305,13 +335,15 @@ impl Checkpoint {
             return Err(Error::CheckpointInvalid("trailing bytes"));
         }
         let mut fields = [0u64; NFIELDS];
-        let mut at = 5;
-        for (slot, w) in fields.iter_mut().zip(WIDTHS) {
-            let mut be = [0u8; 8];
-            be[8 - w..].copy_from_slice(&bytes[at..at + w]);
-            *slot = u64::from_be_bytes(be);
-            at += w;
+        for (slot, (what, width)) in fields.iter_mut().zip(FIELDS) {
+            *slot = match width {
+                1 => u64::from(r.u8(what)?),
+                2 => u64::from(r.u16(what)?),
+                4 => u64::from(r.u32(what)?),
+                _ => r.u64(what)?,
+            };
         }
+        r.finish()?;
         Checkpoint::from_fields(&fields)
     }
 
@@ -325,58 +357,51 @@ impl Checkpoint {
         let new = self.fields();
         let old = base.fields();
         let mut mask = 0u32;
-        let mut body = Vec::new();
         for i in 0..NFIELDS {
             if new[i] != old[i] {
                 mask |= 1 << i;
-                let w = WIDTHS[i];
-                put_varint(&mut body, zigzag(wrapping_diff(new[i], old[i], w)));
             }
         }
-        let mut bytes = Vec::with_capacity(8 + body.len());
-        bytes.extend_from_slice(&DELTA_MAGIC);
-        bytes.push(CHECKPOINT_VERSION);
-        bytes.extend_from_slice(&base.tag().to_be_bytes());
-        put_varint(&mut bytes, u64::from(mask));
-        bytes.extend_from_slice(&body);
+        let mut bytes = Vec::with_capacity(32);
+        let mut w = Writer::new(&mut bytes);
+        w.bytes(&DELTA_MAGIC);
+        w.u8(CHECKPOINT_VERSION);
+        w.u32(base.tag());
+        w.varint(u64::from(mask));
+        for (i, (_, width)) in FIELDS.iter().enumerate() {
+            if mask & (1 << i) != 0 {
+                w.zigzag(wrapping_diff(new[i], old[i], *width));
+            }
+        }
         Delta { bytes }
     }
 
     /// Applies a delta made against `self`, giving the newer checkpoint.
     pub fn apply(&self, delta: &Delta) -> Result<Checkpoint, Error> {
-        let b = &delta.bytes;
-        if b.len() < 7 {
-            return Err(Error::CheckpointTruncated {
-                needed: 8,
-                got: b.len(),
-            });
-        }
-        if b[..2] != DELTA_MAGIC {
+        let mut r = Reader::new(&delta.bytes);
+        if r.take(2, "delta magic")? != DELTA_MAGIC {
             return Err(Error::CheckpointMagic);
         }
-        if b[2] != CHECKPOINT_VERSION {
-            return Err(Error::CheckpointVersion(b[2]));
+        let version = r.u8("delta version")?;
+        if version != CHECKPOINT_VERSION {
+            return Err(Error::CheckpointVersion(version));
         }
-        let got = u32::from_be_bytes([b[3], b[4], b[5], b[6]]);
+        let got = r.u32("delta base tag")?;
         let expected = self.tag();
         if got != expected {
             return Err(Error::DeltaBase { expected, got });
         }
-        let mut at = 7;
-        let mask = get_varint(b, &mut at)?;
+        let mask = r.varint("delta field mask")?;
         if mask >> NFIELDS != 0 {
             return Err(Error::CheckpointInvalid("delta names unknown fields"));
         }
         let mut fields = self.fields();
-        for (i, field) in fields.iter_mut().enumerate() {
+        for (i, (field, (what, width))) in fields.iter_mut().zip(FIELDS).enumerate() {
             if mask & (1 << i) != 0 {
-                let d = unzigzag(get_varint(b, &mut at)?);
-                *field = wrapping_add(*field, d, WIDTHS[i]);
+                *field = wrapping_add(*field, r.zigzag(what)?, width);
             }
         }
-        if at != b.len() {
-            return Err(Error::CheckpointInvalid("trailing bytes in delta"));
-        }
+        r.finish()?;
         Checkpoint::from_fields(&fields)
     }
 }
@@ -431,44 +456,6 @@ fn wrapping_diff(new: u64, old: u64, width: usize) -> i64 {
 
 fn wrapping_add(v: u64, d: i64, width: usize) -> u64 {
     v.wrapping_add(d as u64) & mask_of(width)
-}
-
-fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
-}
-
-fn unzigzag(v: u64) -> i64 {
-    ((v >> 1) as i64) ^ -((v & 1) as i64)
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-fn get_varint(b: &[u8], at: &mut usize) -> Result<u64, Error> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let Some(&byte) = b.get(*at) else {
-            return Err(Error::CheckpointTruncated {
-                needed: *at + 1,
-                got: b.len(),
-            });
-        };
-        *at += 1;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(v);
-        }
-    }
-    Err(Error::CheckpointInvalid("varint too long"))
 }
 
 impl Connection {

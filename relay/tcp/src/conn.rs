@@ -861,7 +861,17 @@ impl Connection {
         // RFC 9293 (3.10.7.4) first: sequence number acceptability.
         if !self.acceptable(seg) {
             if seg.flags.rst() {
-                // RFC 5961 (3.2): an out-of-window RST is dropped silently.
+                // The peer knows our RCV.NXT only from the ACKs we sent,
+                // which stop at the release point: a peer that has closed
+                // answers our segments with a RST carrying exactly that
+                // (RFC 9293 (3.10.7.1)). Judged from rcv_nxt, which runs
+                // ahead over unreleased bytes, it would be dropped and the
+                // flow would wait for a peer that is gone.
+                if seg.seq_number == self.rcv_rel || seg.seq_number == self.last_ack_sent {
+                    self.on_rst(now, seg);
+                }
+                // RFC 5961 (3.2): any other out-of-window RST is dropped
+                // silently.
                 return;
             }
             self.stats.unacceptable += 1;
@@ -996,7 +1006,10 @@ impl Connection {
     fn on_rst(&mut self, _now: Instant, seg: &TcpRepr<'_>) {
         // RFC 5961 (3.2): exactly RCV.NXT resets. The peer may also answer a
         // challenge ACK with our ACK number, which is the release point.
-        if seg.seq_number == self.rcv_nxt || seg.seq_number == self.rcv_rel {
+        if seg.seq_number == self.rcv_nxt
+            || seg.seq_number == self.rcv_rel
+            || seg.seq_number == self.last_ack_sent
+        {
             tracing::debug!(tuple = ?self.tuple, state = %self.state, "reset by peer");
             self.event(Event::Reset);
             self.enter_closed();

@@ -949,6 +949,41 @@ fn rst_exactly_at_rcv_nxt_resets() {
 }
 
 #[test]
+fn rst_at_the_release_point_resets_while_bytes_and_fin_are_unreleased() {
+    // The peer sent data and a FIN, then closed: it answers our segments,
+    // whose ACK is the release point, with a RST carrying that number.
+    let mut c = established_with(Config {
+        release: ReleaseMode::Manual,
+        ..cfg()
+    });
+    c.handle_segment(T0, &seg(IRS + 1, Some(ISS + 1), TcpFlags::FIN, b"request"));
+    assert_eq!(c.state(), State::CloseWait);
+    assert_eq!(recv(&mut c, T0).ack, IRS + 1);
+    assert_eq!(c.rcv_nxt(), IRS + 9);
+    let _ = events(&mut c);
+    c.handle_segment(T0, &seg(IRS + 1, None, TcpFlags::RST, &[]));
+    assert_eq!(c.state(), State::Closed);
+    assert_eq!(events(&mut c), [Event::Reset, Event::Closed]);
+}
+
+#[test]
+fn rst_between_the_release_point_and_rcv_nxt_is_dropped() {
+    let mut c = established_with(Config {
+        release: ReleaseMode::Manual,
+        ..cfg()
+    });
+    c.handle_segment(
+        T0,
+        &seg(IRS + 1, Some(ISS + 1), TcpFlags::empty(), b"request"),
+    );
+    let _ = recv_all(&mut c, T0);
+    let _ = events(&mut c);
+    c.handle_segment(T0, &seg(IRS + 4, None, TcpFlags::RST, &[]));
+    assert_eq!(c.state(), State::Established);
+    assert!(events(&mut c).is_empty());
+}
+
+#[test]
 fn rst_in_window_gets_a_challenge_ack() {
     let mut c = established();
     c.handle_segment(T0, &seg(IRS + 500, None, TcpFlags::RST, &[]));

@@ -27,6 +27,10 @@ pub enum Error {
     /// Peer relay: the checkpoint decodes but breaks an invariant (named).
     #[error("invalid checkpoint: {0}")]
     CheckpointInvalid(&'static str),
+    /// Peer relay: a field of a checkpoint or delta does not decode (short,
+    /// an invalid value, an overlong varint; the field is named).
+    #[error("checkpoint field {0}")]
+    CheckpointField(#[from] relay_codec::CodecError),
     /// Peer relay: a delta was made against another base checkpoint.
     #[error("delta does not apply: base tag {expected:#010x}, delta made from {got:#010x}")]
     DeltaBase {

@@ -75,9 +75,9 @@ impl Violation {
 /// What is wrong with bytes given to an `import` function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    /// The input ended early.
-    #[error("truncated")]
-    Truncated,
+    /// The input ended early (in the named field).
+    #[error("truncated in {0}")]
+    Truncated(&'static str),
     /// The first byte is an encoding version this build does not read.
     #[error("unknown encoding version {0}")]
     UnknownFormat(u8),
@@ -102,6 +102,22 @@ pub enum DecodeError {
     /// A flag or pending-control value outside its range.
     #[error("bad {0} value")]
     BadValue(&'static str),
+}
+
+impl From<relay_codec::CodecError> for DecodeError {
+    /// Keeps the field's name: a short input is [`DecodeError::Truncated`],
+    /// trailing bytes [`DecodeError::TrailingBytes`], anything else a
+    /// [`DecodeError::BadValue`].
+    fn from(e: relay_codec::CodecError) -> Self {
+        use relay_codec::CodecError;
+        match e {
+            CodecError::Short { what, .. } => DecodeError::Truncated(what),
+            CodecError::Trailing { left } => DecodeError::TrailingBytes(left),
+            CodecError::Invalid { what } | CodecError::VarintTooLong { what } => {
+                DecodeError::BadValue(what)
+            }
+        }
+    }
 }
 
 /// The relay-tls error. Each variant says which side caused it.

@@ -32,9 +32,13 @@
 //! u16  length, then the write-direction RecordState
 //! ```
 //!
-//! Importing checks every length against the suite, the protocol version
-//! against the suite and, for TLS 1.3, that key and IV derive from the
-//! secret, so a corrupted checkpoint is an error, never a silently broken flow.
+//! Both are written and read with `relay_codec`: a short or garbled input
+//! is a [`DecodeError`] naming the field. Importing checks every length
+//! against the suite, the protocol version against the suite and, for
+//! TLS 1.3, that key and IV derive from the secret, so a corrupted
+//! checkpoint is an error, never a silently broken flow.
+
+use relay_codec::{Reader, Writer};
 
 use crate::error::DecodeError;
 use crate::keys::{self, IV_LEN};
@@ -112,46 +116,45 @@ impl RecordState {
     /// Encodes this state (see the module docs for the layout).
     pub fn export(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(1 + 2 + 8 + 1 + 32 + IV_LEN + 1 + 48);
-        self.export_into(&mut out);
+        self.export_into(&mut Writer::new(&mut out));
         out
     }
 
-    fn export_into(&self, out: &mut Vec<u8>) {
-        out.push(STATE_FORMAT);
-        out.extend_from_slice(&self.suite.iana().to_be_bytes());
-        out.extend_from_slice(&self.seq.to_be_bytes());
+    fn export_into(&self, w: &mut Writer<'_>) {
+        w.u8(STATE_FORMAT);
+        w.u16(self.suite.iana());
+        w.u64(self.seq);
         // Lengths fit a byte: keys are 16/32 bytes, secrets 0/32/48 (checked on import).
-        out.push(self.key.len() as u8);
-        out.extend_from_slice(&self.key);
-        out.extend_from_slice(&self.iv);
-        out.push(self.secret.len() as u8);
-        out.extend_from_slice(&self.secret);
+        w.u8(self.key.len() as u8);
+        w.bytes(&self.key);
+        w.bytes(&self.iv);
+        w.u8(self.secret.len() as u8);
+        w.bytes(&self.secret);
     }
 
     /// Decodes and validates a state written by [`RecordState::export`].
     pub fn import(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader(bytes);
+        let mut r = Reader::new(bytes);
         let state = Self::read(&mut r)?;
         r.finish()?;
         Ok(state)
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let format = r.u8()?;
+        let format = r.u8("format version")?;
         if format != STATE_FORMAT {
             return Err(DecodeError::UnknownFormat(format));
         }
-        let code = r.u16()?;
+        let code = r.u16("cipher suite")?;
         let suite = Suite::from_iana(code).ok_or(DecodeError::UnknownSuite(code))?;
-        let seq = r.u64()?;
-        let key_len = usize::from(r.u8()?);
+        let seq = r.u64("sequence number")?;
+        let key_len = usize::from(r.u8("key length")?);
         if key_len != suite.aead().key_len() {
             return Err(DecodeError::BadLength("key"));
         }
-        let key = r.take(key_len)?.to_vec();
-        let mut iv = [0u8; IV_LEN];
-        iv.copy_from_slice(r.take(IV_LEN)?);
-        let secret_len = usize::from(r.u8()?);
+        let key = r.take(key_len, "key")?.to_vec();
+        let iv: [u8; IV_LEN] = r.array("iv")?;
+        let secret_len = usize::from(r.u8("secret length")?);
         let want = match suite.version() {
             Version::Tls12 => 0,
             Version::Tls13 => suite.hash_len(),
@@ -159,7 +162,7 @@ impl RecordState {
         if secret_len != want {
             return Err(DecodeError::BadLength("secret"));
         }
-        let secret = r.take(secret_len)?.to_vec();
+        let secret = r.take(secret_len, "secret")?.to_vec();
         if suite.version() == Version::Tls13 {
             let (k, i) =
                 keys::traffic_key_iv(suite, &secret).map_err(|_| DecodeError::KeyMismatch)?;
@@ -233,57 +236,54 @@ impl TrafficState {
     /// Encodes this state (see the module docs for the layout).
     pub fn export(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
-        out.push(STATE_FORMAT);
-        out.extend_from_slice(&self.version.wire().to_be_bytes());
+        let mut w = Writer::new(&mut out);
+        w.u8(STATE_FORMAT);
+        w.u16(self.version.wire());
         let flags = u8::from(self.received_close_notify)
             | u8::from(self.sent_close_notify) << 1
             | u8::from(self.failed) << 2;
-        out.push(flags);
+        w.u8(flags);
         // Bounded by MAX_PENDING_CONTROL through RecordLayer's queue discipline.
-        out.push(self.pending.len() as u8);
+        w.u8(self.pending.len() as u8);
         for c in &self.pending {
             match *c {
                 Control::KeyUpdate { update_requested } => {
-                    out.push(1);
-                    out.push(u8::from(update_requested));
+                    w.u8(1);
+                    w.bool(update_requested);
                 }
                 Control::Alert(desc) => {
-                    out.push(2);
-                    out.push(u8::from(desc));
+                    w.u8(2);
+                    w.u8(u8::from(desc));
                 }
             }
         }
         for dir in [&self.read, &self.write] {
-            let start = out.len();
-            out.extend_from_slice(&[0, 0]);
-            dir.export_into(&mut out);
-            let len = (out.len() - start - 2) as u16;
-            out[start..start + 2].copy_from_slice(&len.to_be_bytes());
+            w.nested_u16(|w| dir.export_into(w));
         }
         out
     }
 
     /// Decodes and validates a state written by [`TrafficState::export`].
     pub fn import(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader(bytes);
-        let format = r.u8()?;
+        let mut r = Reader::new(bytes);
+        let format = r.u8("format version")?;
         if format != STATE_FORMAT {
             return Err(DecodeError::UnknownFormat(format));
         }
-        let wire = r.u16()?;
+        let wire = r.u16("protocol version")?;
         let version = Version::from_wire(wire).ok_or(DecodeError::BadVersion(wire))?;
-        let flags = r.u8()?;
+        let flags = r.u8("flags")?;
         if flags & !0b111 != 0 {
             return Err(DecodeError::BadValue("flags"));
         }
-        let n = usize::from(r.u8()?);
+        let n = usize::from(r.u8("pending control count")?);
         if n > MAX_PENDING_CONTROL {
             return Err(DecodeError::BadValue("pending control count"));
         }
         let mut pending = Vec::with_capacity(n);
         for _ in 0..n {
-            let kind = r.u8()?;
-            let value = r.u8()?;
+            let kind = r.u8("pending control")?;
+            let value = r.u8("pending control")?;
             pending.push(match (kind, value) {
                 (1, 0 | 1) if version == Version::Tls13 => Control::KeyUpdate {
                     update_requested: value == 1,
@@ -293,16 +293,15 @@ impl TrafficState {
             });
         }
         let mut dirs = [None, None];
-        for d in &mut dirs {
-            let len = usize::from(r.u16()?);
-            let mut sub = Reader(r.take(len)?);
+        for (d, what) in dirs.iter_mut().zip(["read state", "write state"]) {
+            let mut sub = Reader::new(r.block_u16(what)?);
             let state = RecordState::read(&mut sub)?;
             sub.finish()?;
             *d = Some(state);
         }
         r.finish()?;
         let [Some(read), Some(write)] = dirs else {
-            return Err(DecodeError::Truncated);
+            return Err(DecodeError::Truncated("record state"));
         };
         if read.suite != write.suite {
             return Err(DecodeError::SuiteMismatch);
@@ -320,43 +319,6 @@ impl TrafficState {
             failed: flags & 4 != 0,
             pending,
         })
-    }
-}
-
-/// A bounds-checked big-endian reader.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        if self.0.len() < n {
-            return Err(DecodeError::Truncated);
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, DecodeError> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-
-    fn u64(&mut self) -> Result<u64, DecodeError> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8)?);
-        Ok(u64::from_be_bytes(a))
-    }
-
-    fn finish(&self) -> Result<(), DecodeError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(DecodeError::TrailingBytes(self.0.len()))
-        }
     }
 }
 

@@ -356,6 +356,7 @@ impl Worker {
         if front {
             if let Some(&id) = self.by_front.get(&tuple) {
                 if let Some(slot) = self.flows.get_mut(&id) {
+                    tracing::trace!(id, flags = ?p.tcp.flags, seq = p.tcp.seq_number.0, len = p.tcp.payload.len(), phase = ?slot.flow.phase(), "front segment");
                     slot.client_mac = p.eth.src_addr;
                     slot.flow.handle_front(now, &p.tcp);
                     self.dirty.push(id);
