@@ -4,7 +4,10 @@
 //! the relay's back-side address and port range into the AF_XDP socket bound
 //! to the packet's rx queue; passes everything else (ARP, management, the
 //! backplane) to the kernel. Steered traffic without a live worker is dropped:
-//! the kernel has no socket for it and would answer with a reset.
+//! the kernel has no socket for it and would answer with a reset. While no
+//! worker lives, ARP requests for the relay's own addresses are dropped too:
+//! the program outlives a dead relay process, and the box must stop claiming
+//! addresses that a peer takes over.
 //!
 //! The maps are the API; their layout lives once in `relay-common`. Every
 //! verdict increments its per-CPU counter.
@@ -18,7 +21,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use relay_common::{
-    MAX_QUEUES, MAX_SERVICES, ServiceKey, ServiceValue, SteerConfig, VERDICT_COUNT, Verdict,
+    AddrKey, MAX_ADDRS, MAX_QUEUES, MAX_SERVICES, ServiceKey, ServiceValue, SteerConfig,
+    VERDICT_COUNT, Verdict,
 };
 
 #[map(name = "XSKS")]
@@ -34,8 +38,15 @@ static CONFIG: Array<SteerConfig> = Array::with_max_entries(1, 0);
 #[map(name = "VERDICTS")]
 static VERDICTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(VERDICT_COUNT, 0);
 
+#[map(name = "ADDRS")]
+static ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_ADDRS, 0);
+
 const ETH_HEADER_LEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_ARP: u16 = 0x0806;
+/// Ethernet/IPv4 ARP: htype, ptype, hlen, plen, op, sha, spa, tha, tpa.
+const ARP_LEN: usize = 28;
+const ARP_OP_REQUEST: u16 = 1;
 const IPV4_MIN_HEADER_LEN: usize = 20;
 const TCP_MIN_HEADER_LEN: usize = 20;
 const IPPROTO_TCP: u8 = 6;
@@ -48,9 +59,10 @@ pub fn relay_steer(ctx: XdpContext) -> u32 {
     count(verdict);
     match verdict {
         Verdict::Redirect => xdp_action::XDP_REDIRECT,
-        Verdict::DropNoWorker | Verdict::DropMalformed | Verdict::DropFragment => {
-            xdp_action::XDP_DROP
-        }
+        Verdict::DropNoWorker
+        | Verdict::DropMalformed
+        | Verdict::DropFragment
+        | Verdict::DropArpNoWorker => xdp_action::XDP_DROP,
         Verdict::PassNotIpv4 | Verdict::PassNotTcp | Verdict::PassNotSteered | Verdict::PassRunt => {
             xdp_action::XDP_PASS
         }
@@ -109,7 +121,11 @@ fn classify(ctx: &XdpContext) -> Verdict {
     let Some(eth) = bytes_at(ctx, 0, ETH_HEADER_LEN) else {
         return Verdict::PassRunt;
     };
-    if read_be16(eth, 12) != ETHERTYPE_IPV4 {
+    let ethertype = read_be16(eth, 12);
+    if ethertype == ETHERTYPE_ARP {
+        return classify_arp(ctx);
+    }
+    if ethertype != ETHERTYPE_IPV4 {
         return Verdict::PassNotIpv4;
     }
     let Some(ip) = bytes_at(ctx, ETH_HEADER_LEN, IPV4_MIN_HEADER_LEN) else {
@@ -138,17 +154,53 @@ fn classify(ctx: &XdpContext) -> Verdict {
     if !is_steered(dst_addr, dst_port) {
         return Verdict::PassNotSteered;
     }
-    let alive = CONFIG.get(0).map(|c| c.workers_alive != 0).unwrap_or(false);
-    if !alive {
+    if !workers_alive() {
         return Verdict::DropNoWorker;
     }
-    // SAFETY: `ctx.ctx` is the kernel-provided xdp_md, valid for the whole call.
-    let queue = unsafe { (*ctx.ctx).rx_queue_index };
+    let queue = rx_queue(ctx);
     // With flags 0 a missing socket makes the helper return XDP_ABORTED, which
     // we turn into a counted drop rather than a tracepoint-only abort.
     match XSKS.redirect(queue, 0) {
         Ok(_) => Verdict::Redirect,
         Err(_) => Verdict::DropNoWorker,
+    }
+}
+
+#[inline(always)]
+fn rx_queue(ctx: &XdpContext) -> u32 {
+    // SAFETY: `ctx.ctx` is the kernel-provided xdp_md, valid for the whole call.
+    unsafe { (*ctx.ctx).rx_queue_index }
+}
+
+#[inline(always)]
+fn workers_alive() -> bool {
+    CONFIG.get(0).map(|c| c.workers_alive != 0).unwrap_or(false)
+}
+
+/// ARP requests for the relay's addresses are answered by the box's kernel
+/// only while a worker serves this queue. A socket leaves the XSKMAP when
+/// its process dies, however it dies: the kernel keeps this promise even
+/// for a SIGKILLed relay.
+#[inline(always)]
+fn classify_arp(ctx: &XdpContext) -> Verdict {
+    let Some(arp) = bytes_at(ctx, ETH_HEADER_LEN, ARP_LEN) else {
+        return Verdict::PassNotIpv4;
+    };
+    if read_be16(arp, 6) != ARP_OP_REQUEST {
+        return Verdict::PassNotIpv4;
+    }
+    let key = AddrKey {
+        addr: read_ne32(arp, 24),
+    };
+    // SAFETY: the value is only tested for presence; hash map values stay
+    // valid for the duration of the program run (RCU).
+    if unsafe { ADDRS.get(&key) }.is_none() {
+        return Verdict::PassNotIpv4;
+    }
+    if workers_alive() && XSKS.get(rx_queue(ctx)).is_some() {
+        Verdict::PassNotIpv4
+    } else {
+        Verdict::DropArpNoWorker
     }
 }
 

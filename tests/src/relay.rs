@@ -602,6 +602,13 @@ impl RelayProcess {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// SIGKILL (by PID) and reap: a process death, with nothing run on the
+    /// way out.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Whether the process still runs.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -681,6 +681,133 @@ fn a_closing_flow_that_stops_moving_ends_at_the_close_timeout() {
     .unwrap();
 }
 
+/// argv: CA file, VIP, go-file, interface. Opens a keep-alive TLS session
+/// and fetches once; probes ARP for the VIP; prints `ready`; waits for the
+/// go-file (the test kills the relay, then creates it); probes ARP again and
+/// sends a second request on the same session, reporting how it ended:
+/// `reset` (a RST reached the client), `silent` (nothing came back in
+/// 5 s) or `answered`.
+const PYTHON_SESSION_ACROSS_A_DEATH: &str = r#"
+import os, socket, ssl, struct, sys, time
+ca, vip, go, iface = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+
+def arp_answered(secs):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+    s.bind((iface, 0))
+    mac = s.getsockname()[4]
+    me = socket.inet_aton("10.200.1.10")
+    target = socket.inet_aton(vip)
+    req = b"\xff" * 6 + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) \
+        + mac + me + b"\x00" * 6 + target
+    s.send(req.ljust(60, b"\x00"))
+    s.settimeout(0.2)
+    end = time.monotonic() + secs
+    while time.monotonic() < end:
+        try:
+            f = s.recv(128)
+        except socket.timeout:
+            continue
+        if len(f) >= 42 and f[20:22] == b"\x00\x02" and f[28:32] == target:
+            return True
+    return False
+
+def fetch(ss):
+    ss.sendall(b"GET /bytes/1000 HTTP/1.1\r\nHost: relay.lab\r\n\r\n")
+    data = b""
+    while not (b"\r\n\r\n" in data and len(data.split(b"\r\n\r\n", 1)[1]) >= 1000):
+        chunk = ss.recv(65536)
+        if not chunk:
+            raise SystemExit("EOF")
+        data += chunk
+
+ctx = ssl.create_default_context(cafile=ca)
+raw = socket.create_connection((vip, 443), timeout=30)
+ss = ctx.wrap_socket(raw, server_hostname="relay.lab")
+fetch(ss)
+print("arp_before", arp_answered(3), flush=True)
+print("ready", flush=True)
+end = time.monotonic() + 120
+while not os.path.exists(go):
+    if time.monotonic() > end:
+        raise SystemExit("no go")
+    time.sleep(0.05)
+print("arp_after", arp_answered(3), flush=True)
+ss.settimeout(5)
+try:
+    ss.sendall(b"GET /bytes/1000 HTTP/1.1\r\nHost: relay.lab\r\n\r\n")
+    got = ss.recv(65536)
+    print("after:", "answered" if got else "eof", flush=True)
+except (ConnectionResetError, BrokenPipeError):
+    print("after: reset", flush=True)
+except socket.timeout:
+    print("after: silent", flush=True)
+"#;
+
+#[test]
+fn a_killed_relay_process_leaves_its_box_silent_and_a_new_one_takes_over() {
+    let mut s = setup("killproc", |c, _| c);
+    let dir = TempDir(temp_dir(&format!("killproc-{}", s.lab.prefix())));
+    let script = dir.0.join("session.py");
+    let go = dir.0.join("go");
+    std::fs::write(&script, PYTHON_SESSION_ACROSS_A_DEATH).expect("write");
+    let client = Script::spawn(
+        &s.lab,
+        Node::Client,
+        &format!(
+            "exec python3 {} {} {} {} eth0",
+            script.display(),
+            s.ca(),
+            addr::VIP,
+            go.display()
+        ),
+    );
+    // The session is open once the relay lists its flow.
+    wait_for(Duration::from_secs(60), "the session's flow", || {
+        (s.relay.status().ok()?.flows_active > 0).then_some(())
+    })
+    .unwrap();
+    let rsts = |lab: &Lab| -> i64 {
+        lab.kernel_tcp_counters(Node::RelayA)
+            .expect("counters")
+            .iter()
+            .find(|(n, _)| n == "OutRsts")
+            .map_or(0, |(_, v)| *v)
+    };
+    let rsts_before = rsts(&s.lab);
+    s.relay.kill();
+    std::fs::write(&go, b"").expect("go");
+    let done = client.finish(Duration::from_secs(120));
+    eprint!("client:\n{}{}", done.stdout, done.stderr);
+    assert!(done.ok(), "client: {}{}", done.stdout, done.stderr);
+    assert!(
+        done.stdout.contains("arp_before True"),
+        "the live relay's box answers ARP for the VIP: {}",
+        done.stdout
+    );
+    assert!(
+        done.stdout.contains("arp_after False"),
+        "the dead relay's box still answers ARP for the VIP: {}",
+        done.stdout
+    );
+    assert!(
+        done.stdout.contains("after: silent"),
+        "the session must see no reset (and nobody serves it): {}",
+        done.stdout
+    );
+    assert_eq!(rsts(&s.lab), rsts_before, "relay-a's kernel sent resets");
+
+    // A new relay process replaces the program the dead one left and serves.
+    let config = RelayConfig::lab(&s.pki.cert_chain, &s.pki.key);
+    s.relay = RelayProcess::start(&s.lab, &config).expect("relay restarts");
+    let again = s.start_download("", MIB);
+    s.check_download(
+        again,
+        MIB,
+        Duration::from_secs(60),
+        "download after the restart",
+    );
+}
+
 const PYTHON_RESUME: &str = r#"
 import hashlib, socket, ssl, sys
 ca, vip = sys.argv[1], sys.argv[2]

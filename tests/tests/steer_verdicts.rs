@@ -326,3 +326,80 @@ fn garbage_frames_get_a_verdict_and_a_count_each() {
         "{delta:?}"
     );
 }
+
+/// An ARP request (who-has `target`, from the client) or, with `reply`, an
+/// ARP reply claiming `target`.
+fn arp(target: Ipv4Addr, reply: bool) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x0a, 0x08, 0x06]);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, if reply { 2 } else { 1 }]);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x0a]);
+    f.extend_from_slice(&addr::CLIENT.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target.octets());
+    f.resize(60, 0);
+    f
+}
+
+#[test]
+fn arp_for_the_relays_addresses_goes_unanswered_without_a_live_worker() {
+    let mut f = Fixture::new();
+    f.steer
+        .set_addresses(&[addr::VIP, addr::BACK_SHARED])
+        .expect("addresses");
+    // A live worker: the box's kernel answers for the relay's addresses.
+    f.expect(
+        &arp(addr::VIP, false),
+        xdp_action::PASS,
+        Verdict::PassNotIpv4,
+    );
+    f.expect(
+        &arp(addr::BACK_SHARED, false),
+        xdp_action::PASS,
+        Verdict::PassNotIpv4,
+    );
+    // Workers marked dead: requests for the relay's addresses are dropped,
+    // everything else about ARP is not.
+    f.steer.set_workers_alive(false).expect("mark dead");
+    f.expect(
+        &arp(addr::VIP, false),
+        xdp_action::DROP,
+        Verdict::DropArpNoWorker,
+    );
+    f.expect(
+        &arp(addr::BACK_SHARED, false),
+        xdp_action::DROP,
+        Verdict::DropArpNoWorker,
+    );
+    f.expect(
+        &arp(addr::RELAY_A_FRONT, false),
+        xdp_action::PASS,
+        Verdict::PassNotIpv4,
+    );
+    f.expect(
+        &arp(addr::VIP, true),
+        xdp_action::PASS,
+        Verdict::PassNotIpv4,
+    );
+    // Alive again, then the worker's process dies: its socket leaves the
+    // XSKMAP (asynchronously) and the requests go unanswered, with no
+    // flag cleared by anyone.
+    f.steer.set_workers_alive(true).expect("mark alive");
+    f.expect(
+        &arp(addr::VIP, false),
+        xdp_action::PASS,
+        Verdict::PassNotIpv4,
+    );
+    drop(f.device.take());
+    let request = arp(addr::VIP, false);
+    let settled = relay_lab::wait_for(
+        Duration::from_secs(30),
+        "the closed socket to leave the XSKMAP",
+        || {
+            let (action, delta) = f.run(&request);
+            (action == xdp_action::DROP).then_some(delta)
+        },
+    )
+    .expect("ARP dropped once the socket is gone");
+    assert_eq!(settled.get(Verdict::DropArpNoWorker), 1, "{settled:?}");
+}

@@ -81,19 +81,29 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         config.back.ports.last,
         false,
     );
+    // The relay's own addresses: while no worker lives, the box answers no
+    // ARP request for them.
+    let mut own_addrs: Vec<std::net::Ipv4Addr> = config.services.iter().map(|s| s.vip).collect();
+    own_addrs.push(config.back.address);
+    own_addrs.sort();
+    own_addrs.dedup();
     // One program instance per interface: each has its own socket map, and
-    // both interfaces use queue numbers from 0.
+    // both interfaces use queue numbers from 0. Attached so that they stay
+    // when this process dies (replacing what an earlier relay left): a dead
+    // relay's box then drops its flows' segments instead of resetting them.
     let mut steer_front = SteerProgram::load().context("loading the XDP steer program")?;
     steer_front.set_services(&services)?;
+    steer_front.set_addresses(&own_addrs)?;
     steer_front.set_config(steer_config)?;
     steer_front
-        .attach(&config.front.interface, mode)
+        .attach_persistent(&config.front.interface, mode)
         .with_context(|| format!("attaching to {}", config.front.interface))?;
     let mut steer_back = SteerProgram::load().context("loading the XDP steer program")?;
     steer_back.set_services(&services)?;
+    steer_back.set_addresses(&own_addrs)?;
     steer_back.set_config(steer_config)?;
     steer_back
-        .attach(&config.back.interface, mode)
+        .attach_persistent(&config.back.interface, mode)
         .with_context(|| format!("attaching to {}", config.back.interface))?;
 
     let front =
@@ -246,6 +256,9 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     );
     let result = worker.run();
     stop.store(true, Ordering::Relaxed);
+    // The programs stay attached with the workers marked dead: a stopped
+    // relay's box keeps quiet about the relay's flows and addresses, as a
+    // dead one does (`ip link set dev IF xdp off` removes them for good).
     if let Ok(mut s) = steer.lock() {
         let _ = s.0.set_workers_alive(false);
         let _ = s.1.set_workers_alive(false);

@@ -23,12 +23,35 @@ pub mod map_name {
     pub const CONFIG: &str = "CONFIG";
     /// `PERCPU_ARRAY` of `u64`, indexed by [`Verdict`](super::Verdict).
     pub const VERDICTS: &str = "VERDICTS";
+    /// `HASH`: [`AddrKey`](super::AddrKey) -> `u32` (1): the relay's own
+    /// addresses (VIPs and the back-side address), whose ARP requests go
+    /// unanswered while no worker lives.
+    pub const ADDRS: &str = "ADDRS";
 }
 
 /// Capacity of the XSKMAP: the highest rx queue index a worker can serve, plus one.
 pub const MAX_QUEUES: u32 = 64;
 /// Capacity of the services map: (VIP, port) pairs steered on the front side.
 pub const MAX_SERVICES: u32 = 256;
+/// Capacity of the addresses map: every VIP once, plus the back-side address.
+pub const MAX_ADDRS: u32 = MAX_SERVICES + 1;
+
+/// One of the relay's own IPv4 addresses, as it appears on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    /// IPv4 address, network byte order (the packet's four bytes read as a native u32).
+    pub addr: u32,
+}
+
+impl AddrKey {
+    /// The key of `octets`.
+    pub const fn new(octets: [u8; 4]) -> Self {
+        Self {
+            addr: u32::from_ne_bytes(octets),
+        }
+    }
+}
 
 /// A front-side service: a VIP and a TCP port, as they appear on the wire.
 #[repr(C)]
@@ -116,10 +139,15 @@ pub enum Verdict {
     PassNotSteered = 6,
     /// Shorter than an Ethernet header: passed, the kernel discards it.
     PassRunt = 7,
+    /// An ARP request for one of the relay's addresses while no worker
+    /// lives (the process died, the box stays up): dropped, so that the box
+    /// stops claiming the address and a peer that takes it over gets the
+    /// traffic.
+    DropArpNoWorker = 8,
 }
 
 /// Number of [`Verdict`] variants: the length of the verdict counter array.
-pub const VERDICT_COUNT: u32 = 8;
+pub const VERDICT_COUNT: u32 = 9;
 
 impl Verdict {
     /// All verdicts in counter-index order.
@@ -132,6 +160,7 @@ impl Verdict {
         Verdict::PassNotTcp,
         Verdict::PassNotSteered,
         Verdict::PassRunt,
+        Verdict::DropArpNoWorker,
     ];
 
     /// Stable lower-case name, used as a metric label.
@@ -145,6 +174,7 @@ impl Verdict {
             Verdict::PassNotTcp => "pass_not_tcp",
             Verdict::PassNotSteered => "pass_not_steered",
             Verdict::PassRunt => "pass_runt",
+            Verdict::DropArpNoWorker => "drop_arp_no_worker",
         }
     }
 
@@ -159,8 +189,9 @@ const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
 const _: () = assert!(core::mem::align_of::<ServiceKey>() == 4);
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 4);
 const _: () = assert!(core::mem::size_of::<SteerConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<AddrKey>() == 4);
 const _: () = assert!(Verdict::ALL.len() == VERDICT_COUNT as usize);
-const _: () = assert!(Verdict::PassRunt as u32 == VERDICT_COUNT - 1);
+const _: () = assert!(Verdict::DropArpNoWorker as u32 == VERDICT_COUNT - 1);
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,7 @@ pub mod memory;
 pub mod neighbour;
 pub mod netns;
 pub mod steer;
+pub mod xdp_netlink;
 
 use std::time::Duration;
 

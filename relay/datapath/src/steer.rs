@@ -4,13 +4,13 @@
 //! and embedded, so a relay binary carries the exact program its map types
 //! were compiled against (both sides share `relay-common`).
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use aya::Ebpf;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use relay_common::{
-    PROGRAM_NAME, ServiceKey, ServiceValue, SteerConfig, VERDICT_COUNT, Verdict, map_name,
+    AddrKey, PROGRAM_NAME, ServiceKey, ServiceValue, SteerConfig, VERDICT_COUNT, Verdict, map_name,
 };
 
 use crate::DeviceError;
@@ -30,6 +30,9 @@ struct PodServiceValue(ServiceValue);
 #[repr(transparent)]
 #[derive(Clone, Copy)]
 struct PodSteerConfig(SteerConfig);
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct PodAddrKey(AddrKey);
 
 // SAFETY: #[repr(C)] structs of integers only, without padding (size
 // assertions in relay-common), so every bit pattern is a valid value.
@@ -38,6 +41,8 @@ unsafe impl aya::Pod for PodServiceKey {}
 unsafe impl aya::Pod for PodServiceValue {}
 // SAFETY: as above.
 unsafe impl aya::Pod for PodSteerConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PodAddrKey {}
 
 /// How to attach to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -75,11 +80,15 @@ impl VerdictCounts {
 }
 
 /// The loaded steer program and its maps. Dropping it detaches the program
-/// from every interface it was attached to.
+/// from the interfaces it was attached to with [`attach`](Self::attach);
+/// an attachment made with [`attach_persistent`](Self::attach_persistent)
+/// stays until [`detach_persistent`](Self::detach_persistent) or until
+/// another program replaces it.
 #[derive(Debug)]
 pub struct SteerProgram {
     ebpf: Ebpf,
     attached: Vec<String>,
+    persistent: Vec<(String, AttachMode)>,
 }
 
 fn steer_err(what: &str, e: impl std::fmt::Display) -> DeviceError {
@@ -103,6 +112,7 @@ impl SteerProgram {
         let mut steer = SteerProgram {
             ebpf,
             attached: Vec::new(),
+            persistent: Vec::new(),
         };
         steer.set_config(SteerConfig::default())?;
         Ok(steer)
@@ -136,9 +146,68 @@ impl SteerProgram {
         Ok(())
     }
 
+    /// Attaches to `ifname` so that the attachment outlives this process
+    /// (rtnetlink, see [`crate::xdp_netlink`]), replacing a program left
+    /// there by an earlier relay without a gap.
+    ///
+    /// A relay that dies keeps its box quiet this way: its sockets leave
+    /// the XSKMAP with the process, and the program then drops steered
+    /// traffic and ARP requests for the relay's addresses
+    /// ([`Verdict::DropNoWorker`], [`Verdict::DropArpNoWorker`]).
+    pub fn attach_persistent(&mut self, ifname: &str, mode: AttachMode) -> Result<(), DeviceError> {
+        let program = self.program()?;
+        let fd = program.fd().map_err(|e| steer_err("program fd", e))?;
+        crate::xdp_netlink::attach(ifname, fd.as_fd(), mode)?;
+        self.attached.push(ifname.to_string());
+        self.persistent.push((ifname.to_string(), mode));
+        tracing::info!(
+            interface = ifname,
+            ?mode,
+            "XDP steer program attached (stays if the process dies)"
+        );
+        Ok(())
+    }
+
+    /// Removes the attachments made with
+    /// [`attach_persistent`](Self::attach_persistent).
+    pub fn detach_persistent(&mut self) -> Result<(), DeviceError> {
+        for (ifname, mode) in std::mem::take(&mut self.persistent) {
+            crate::xdp_netlink::detach(&ifname, mode)?;
+            self.attached.retain(|a| a != &ifname);
+            tracing::info!(interface = ifname, "XDP steer program detached");
+        }
+        Ok(())
+    }
+
     /// Interfaces the program is attached to.
     pub fn attached(&self) -> &[String] {
         &self.attached
+    }
+
+    /// Replaces the relay's own addresses (VIPs, the back-side address):
+    /// while no worker lives, ARP requests for them are dropped.
+    pub fn set_addresses(&mut self, addrs: &[std::net::Ipv4Addr]) -> Result<(), DeviceError> {
+        let mut map: HashMap<&mut MapData, PodAddrKey, u32> = HashMap::try_from(
+            self.ebpf
+                .map_mut(map_name::ADDRS)
+                .ok_or_else(|| steer_err("object", "no ADDRS map"))?,
+        )
+        .map_err(|e| steer_err("ADDRS map", e))?;
+        let wanted: Vec<AddrKey> = addrs.iter().map(|a| AddrKey::new(a.octets())).collect();
+        let stale: Vec<PodAddrKey> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(&k.0))
+            .collect();
+        for key in stale {
+            map.remove(&key)
+                .map_err(|e| steer_err("removing an address", e))?;
+        }
+        for key in wanted {
+            map.insert(PodAddrKey(key), 1, 0)
+                .map_err(|e| steer_err("inserting an address", e))?;
+        }
+        Ok(())
     }
 
     /// Replaces the set of front-side services with `services`.
