@@ -21,7 +21,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use relay_common::{
-    AddrKey, MAX_ADDRS, MAX_QUEUES, MAX_SERVICES, ServiceKey, ServiceValue, SteerConfig,
+    ADDR_OWNED, AddrKey, MAX_ADDRS, MAX_QUEUES, MAX_SERVICES, ServiceKey, ServiceValue, SteerConfig,
     VERDICT_COUNT, Verdict,
 };
 
@@ -62,7 +62,8 @@ pub fn relay_steer(ctx: XdpContext) -> u32 {
         Verdict::DropNoWorker
         | Verdict::DropMalformed
         | Verdict::DropFragment
-        | Verdict::DropArpNoWorker => xdp_action::XDP_DROP,
+        | Verdict::DropArpNoWorker
+        | Verdict::DropArpStandby => xdp_action::XDP_DROP,
         Verdict::PassNotIpv4 | Verdict::PassNotTcp | Verdict::PassNotSteered | Verdict::PassRunt => {
             xdp_action::XDP_PASS
         }
@@ -192,10 +193,13 @@ fn classify_arp(ctx: &XdpContext) -> Verdict {
     let key = AddrKey {
         addr: read_ne32(arp, 24),
     };
-    // SAFETY: the value is only tested for presence; hash map values stay
-    // valid for the duration of the program run (RCU).
-    if unsafe { ADDRS.get(&key) }.is_none() {
+    // SAFETY: the value is copied out at once; hash map values stay valid
+    // for the duration of the program run (RCU).
+    let Some(owned) = (unsafe { ADDRS.get(&key) }).copied() else {
         return Verdict::PassNotIpv4;
+    };
+    if owned != ADDR_OWNED {
+        return Verdict::DropArpStandby;
     }
     if workers_alive() && XSKS.get(rx_queue(ctx)).is_some() {
         Verdict::PassNotIpv4

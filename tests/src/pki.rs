@@ -39,6 +39,7 @@ impl KeyKind {
 #[derive(Debug)]
 pub struct TestPki {
     dir: PathBuf,
+    kind: KeyKind,
     /// The server's chain, leaf first (PEM): what a TLS server presents.
     pub cert_chain: PathBuf,
     /// The server's private key (PKCS#8 PEM).
@@ -68,12 +69,13 @@ impl TestPki {
             source,
         })?;
         let pki = TestPki {
+            kind,
             cert_chain: dir.join("server-chain.pem"),
             key: dir.join("server.key"),
             ca: dir.join("ca.pem"),
             dir,
         };
-        pki.build(kind)?;
+        pki.build()?;
         Ok(pki)
     }
 
@@ -81,18 +83,13 @@ impl TestPki {
         self.dir.join(name).to_string_lossy().into_owned()
     }
 
-    fn build(&self, kind: KeyKind) -> Result<(), LabError> {
+    fn build(&self) -> Result<(), LabError> {
+        let kind = self.kind;
         let ca_key = self.path("ca.key");
         let ca = self.ca.to_string_lossy().into_owned();
-        let key = self.key.to_string_lossy().into_owned();
-        let csr = self.path("server.csr");
-        let ext = self.path("server.ext");
-        let chain = self.cert_chain.to_string_lossy().into_owned();
-
         let mut genpkey = vec!["genpkey"];
         genpkey.extend_from_slice(kind.genpkey_args());
         run("openssl", &[&genpkey[..], &["-out", &ca_key]].concat())?;
-        run("openssl", &[&genpkey[..], &["-out", &key]].concat())?;
         run(
             "openssl",
             &[
@@ -114,6 +111,48 @@ impl TestPki {
                 &ca,
             ],
         )?;
+        let sans = format!(
+            "DNS:{SERVER_NAME},DNS:localhost,IP:127.0.0.1,IP:{}",
+            addr::VIP
+        );
+        self.sign(kind, "server", SERVER_NAME, &sans, "serverAuth")?;
+        Ok(())
+    }
+
+    /// A certificate and key from this PKI's CA for relay `name` of a
+    /// cluster (DNS name `name`, for both ends of a backplane connection):
+    /// `(chain, key)`. With the CA as the cluster CA, relays trust each other.
+    pub fn issue_relay(&self, name: &str) -> Result<(PathBuf, PathBuf), LabError> {
+        self.sign(
+            self.kind,
+            &format!("relay-{name}"),
+            name,
+            &format!("DNS:{name}"),
+            "serverAuth,clientAuth",
+        )
+    }
+
+    /// Signs a new key's certificate with the CA into `<file>-chain.pem` and
+    /// `<file>.key`.
+    fn sign(
+        &self,
+        kind: KeyKind,
+        file: &str,
+        cn: &str,
+        sans: &str,
+        eku: &str,
+    ) -> Result<(PathBuf, PathBuf), LabError> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static SERIAL: AtomicU32 = AtomicU32::new(2);
+        let ca_key = self.path("ca.key");
+        let ca = self.ca.to_string_lossy().into_owned();
+        let key = self.path(&format!("{file}.key"));
+        let chain = self.path(&format!("{file}-chain.pem"));
+        let csr = self.path(&format!("{file}.csr"));
+        let ext = self.path(&format!("{file}.ext"));
+        let mut genpkey = vec!["genpkey"];
+        genpkey.extend_from_slice(kind.genpkey_args());
+        run("openssl", &[&genpkey[..], &["-out", &key]].concat())?;
         run(
             "openssl",
             &[
@@ -122,7 +161,7 @@ impl TestPki {
                 "-key",
                 &key,
                 "-subj",
-                &format!("/CN={SERVER_NAME}"),
+                &format!("/CN={cn}"),
                 "-out",
                 &csr,
             ],
@@ -132,16 +171,16 @@ impl TestPki {
             KeyKind::Rsa2048 => "digitalSignature,keyEncipherment",
         };
         let extensions = format!(
-            "subjectAltName=DNS:{SERVER_NAME},DNS:localhost,IP:127.0.0.1,IP:{}\n\
+            "subjectAltName={sans}\n\
              basicConstraints=critical,CA:FALSE\n\
              keyUsage=critical,{key_usage}\n\
-             extendedKeyUsage=serverAuth\n",
-            addr::VIP
+             extendedKeyUsage={eku}\n"
         );
         std::fs::write(&ext, extensions).map_err(|source| LabError::Spawn {
             cmd: format!("write {ext}"),
             source,
         })?;
+        let serial = SERIAL.fetch_add(1, Ordering::Relaxed).to_string();
         run(
             "openssl",
             &[
@@ -154,7 +193,7 @@ impl TestPki {
                 "-CAkey",
                 &ca_key,
                 "-set_serial",
-                "2",
+                &serial,
                 "-days",
                 DAYS,
                 "-sha256",
@@ -164,11 +203,10 @@ impl TestPki {
                 &chain,
             ],
         )?;
-        // Only what a server and a client need stays.
-        for leftover in [&ca_key, &csr, &ext] {
+        for leftover in [&csr, &ext] {
             let _ = std::fs::remove_file(leftover);
         }
-        Ok(())
+        Ok((PathBuf::from(chain), PathBuf::from(key)))
     }
 
     /// The folder holding the files.

@@ -32,6 +32,9 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// The lab relay's admin endpoint (relay-a's own front address).
 pub const ADMIN_ADDR: SocketAddrV4 = SocketAddrV4::new(addr::RELAY_A_FRONT, 9100);
 
+/// The port relays of a lab pair listen on for each other (backplane).
+pub const BACKPLANE_PORT: u16 = 7000;
+
 /// Where the `relay` binary is: `$RELAY_BIN`, else `relay` in the target
 /// directory of the running test. Warns on stderr when the binary is older
 /// than a source file of the relay's crates (a forgotten rebuild).
@@ -117,6 +120,27 @@ pub struct ServiceSpec {
     pub backends: Vec<SocketAddrV4>,
     /// Certificates, the first is the default.
     pub certificates: Vec<CertificateSpec>,
+    /// `owner`: the relay that serves the VIP (empty: the one configured).
+    pub owner: String,
+}
+
+/// `[cluster]`: this relay's place in a relay pair.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// `relay_id`.
+    pub relay_id: u16,
+    /// `listen` (the backplane address and port).
+    pub listen: SocketAddr,
+    /// `ca`, `cert`, `key`.
+    pub ca: PathBuf,
+    /// This relay's chain.
+    pub cert: PathBuf,
+    /// This relay's key.
+    pub key: PathBuf,
+    /// `heartbeat_interval_ms`, `heartbeat_misses` (relay defaults if `None`).
+    pub heartbeat: Option<(u64, u32)>,
+    /// `[[cluster.peer]]`: name, relay id, backplane address.
+    pub peers: Vec<(String, u16, SocketAddr)>,
 }
 
 impl ServiceSpec {
@@ -134,6 +158,7 @@ impl ServiceSpec {
                 key: key.to_path_buf(),
                 server_names: vec![crate::pki::SERVER_NAME.into()],
             }],
+            owner: String::new(),
         }
     }
 }
@@ -169,6 +194,8 @@ pub struct RelayConfig {
     pub max_half_open: Option<u32>,
     /// The services.
     pub services: Vec<ServiceSpec>,
+    /// `[cluster]`, for a relay of a pair.
+    pub cluster: Option<ClusterSpec>,
 }
 
 impl RelayConfig {
@@ -188,7 +215,59 @@ impl RelayConfig {
             close_timeout_ms: None,
             max_half_open: None,
             services: vec![ServiceSpec::lab(cert, key)],
+            cluster: None,
         }
+    }
+
+    /// relay-a or relay-b of a lab relay pair: relay-a serves the lab's
+    /// service and relay-b stands by for it; both hold certificates from
+    /// `pki`'s CA for their names, and each lists the other as its peer.
+    pub fn pair_member(
+        pki: &crate::pki::TestPki,
+        node: crate::Node,
+    ) -> Result<RelayConfig, LabError> {
+        let (me, peer, my_bp, peer_bp, id, peer_id, admin) = match node {
+            crate::Node::RelayB => (
+                "relay-b",
+                "relay-a",
+                addr::BACKPLANE_B,
+                addr::BACKPLANE_A,
+                2,
+                1,
+                SocketAddrV4::new(addr::RELAY_B_FRONT, ADMIN_ADDR.port()),
+            ),
+            _ => (
+                "relay-a",
+                "relay-b",
+                addr::BACKPLANE_A,
+                addr::BACKPLANE_B,
+                1,
+                2,
+                ADMIN_ADDR,
+            ),
+        };
+        let (cert, key) = pki.issue_relay(me)?;
+        let mut service = ServiceSpec::lab(&pki.cert_chain, &pki.key);
+        service.owner = "relay-a".into();
+        Ok(RelayConfig {
+            name: me.into(),
+            admin_addr: SocketAddr::V4(admin),
+            services: vec![service],
+            cluster: Some(ClusterSpec {
+                relay_id: id,
+                listen: SocketAddr::V4(SocketAddrV4::new(my_bp, BACKPLANE_PORT)),
+                ca: pki.ca.clone(),
+                cert,
+                key,
+                heartbeat: None,
+                peers: vec![(
+                    peer.into(),
+                    peer_id,
+                    SocketAddr::V4(SocketAddrV4::new(peer_bp, BACKPLANE_PORT)),
+                )],
+            }),
+            ..RelayConfig::lab(&pki.cert_chain, &pki.key)
+        })
     }
 
     /// Sets `limits.max_flows`.
@@ -287,6 +366,9 @@ impl RelayConfig {
             if !s.alpn.is_empty() {
                 let _ = writeln!(t, "alpn = {}", list(&s.alpn));
             }
+            if !s.owner.is_empty() {
+                let _ = writeln!(t, "owner = {}", q(&s.owner));
+            }
             for c in &s.certificates {
                 let _ = write!(
                     t,
@@ -294,6 +376,30 @@ impl RelayConfig {
                     q(&c.cert.to_string_lossy()),
                     q(&c.key.to_string_lossy()),
                     list(&c.server_names)
+                );
+            }
+        }
+        if let Some(c) = &self.cluster {
+            let _ = write!(
+                t,
+                "\n[cluster]\nrelay_id = {}\nlisten = \"{}\"\nca = {}\ncert = {}\nkey = {}\n",
+                c.relay_id,
+                c.listen,
+                q(&c.ca.to_string_lossy()),
+                q(&c.cert.to_string_lossy()),
+                q(&c.key.to_string_lossy())
+            );
+            if let Some((interval, misses)) = c.heartbeat {
+                let _ = write!(
+                    t,
+                    "heartbeat_interval_ms = {interval}\nheartbeat_misses = {misses}\n"
+                );
+            }
+            for (name, id, address) in &c.peers {
+                let _ = write!(
+                    t,
+                    "\n[[cluster.peer]]\nname = {}\nrelay_id = {id}\naddress = \"{address}\"\n",
+                    q(name)
                 );
             }
         }
@@ -417,6 +523,11 @@ impl RelayProcess {
     /// Writes `config`, starts the relay in relay-a of `lab` (RUST_LOG=info
     /// unless set) and waits until `relay status` answers.
     pub fn start(lab: &Lab, config: &RelayConfig) -> Result<RelayProcess, LabError> {
+        Self::start_on(lab, Node::RelayA, config)
+    }
+
+    /// [`start`](Self::start) in `node` (relay-a or relay-b).
+    pub fn start_on(lab: &Lab, node: Node, config: &RelayConfig) -> Result<RelayProcess, LabError> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let bin = relay_binary()?;
@@ -437,7 +548,7 @@ impl RelayProcess {
         let log_err = log_file
             .try_clone()
             .map_err(io(format!("dup {}", log.display())))?;
-        let ns = lab.ns(Node::RelayA);
+        let ns = lab.ns(node);
         let cmd = format!(
             "ip netns exec {ns} {} run --config {}",
             bin.display(),

@@ -808,6 +808,59 @@ fn a_killed_relay_process_leaves_its_box_silent_and_a_new_one_takes_over() {
     );
 }
 
+/// A lab relay pair: relay-a serves the lab's service, relay-b stands by
+/// for it over the backplane; both up and connected.
+fn pair_setup(tag: &str) -> (Setup, RelayProcess) {
+    let s = setup(tag, |_, pki| {
+        RelayConfig::pair_member(pki, Node::RelayA).expect("relay-a's cluster config")
+    });
+    let b_config = RelayConfig::pair_member(&s.pki, Node::RelayB).expect("relay-b's config");
+    let b = RelayProcess::start_on(&s.lab, Node::RelayB, &b_config).expect("relay-b runs");
+    wait_for(Duration::from_secs(30), "relay-b to see relay-a up", || {
+        b.log_tail(200).contains("peer up").then_some(())
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\nrelay-b:\n{}\nrelay-a:\n{}",
+            b.log_tail(40),
+            s.relay.log_tail(40)
+        )
+    });
+    (s, b)
+}
+
+#[test]
+fn a_download_survives_the_death_of_its_relay_process() {
+    let (mut s, b) = pair_setup("failproc");
+    let n = 256 * MIB;
+    // Slow enough to be in the middle of it when relay-a dies.
+    let download = s.start_download("--limit-rate 16M", n);
+    wait_for(Duration::from_secs(60), "the download under way", || {
+        (s.relay.status().ok()?.bytes_down > 16 * MIB).then_some(())
+    })
+    .unwrap();
+    s.relay.kill();
+    let killed = Instant::now();
+    wait_for(Duration::from_secs(30), "relay-b to take over", || {
+        b.log_tail(200)
+            .contains("took over the peer's flows and addresses")
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\nrelay-b:\n{}", b.log_tail(60)));
+    eprintln!(
+        "relay-b took over {:.0} ms after the kill",
+        killed.elapsed().as_secs_f64() * 1e3
+    );
+    s.check_download(
+        download,
+        n,
+        Duration::from_secs(180),
+        "download across relay-a's death",
+    );
+    let status = b.status().expect("relay-b status");
+    eprintln!("relay-b: {status:?}");
+}
+
 const PYTHON_RESUME: &str = r#"
 import hashlib, socket, ssl, sys
 ca, vip = sys.argv[1], sys.argv[2]

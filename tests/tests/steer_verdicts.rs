@@ -345,7 +345,7 @@ fn arp(target: Ipv4Addr, reply: bool) -> Vec<u8> {
 fn arp_for_the_relays_addresses_goes_unanswered_without_a_live_worker() {
     let mut f = Fixture::new();
     f.steer
-        .set_addresses(&[addr::VIP, addr::BACK_SHARED])
+        .set_addresses(&[(addr::VIP, true), (addr::BACK_SHARED, true)])
         .expect("addresses");
     // A live worker: the box's kernel answers for the relay's addresses.
     f.expect(
@@ -402,4 +402,31 @@ fn arp_for_the_relays_addresses_goes_unanswered_without_a_live_worker() {
     )
     .expect("ARP dropped once the socket is gone");
     assert_eq!(settled.get(Verdict::DropArpNoWorker), 1, "{settled:?}");
+}
+
+#[test]
+fn arp_for_an_address_a_peer_serves_goes_unanswered() {
+    let mut f = Fixture::new();
+    f.steer
+        .set_addresses(&[(addr::VIP, false), (addr::BACK_SHARED, true)])
+        .expect("addresses");
+    f.expect(
+        &arp(addr::VIP, false),
+        xdp_action::DROP,
+        Verdict::DropArpStandby,
+    );
+    f.expect(
+        &arp(addr::BACK_SHARED, false),
+        xdp_action::PASS,
+        Verdict::PassNotIpv4,
+    );
+    // Taking the address over is one map write.
+    f.steer
+        .set_addresses(&[(addr::VIP, true), (addr::BACK_SHARED, true)])
+        .expect("addresses");
+    f.expect(
+        &arp(addr::VIP, false),
+        xdp_action::PASS,
+        Verdict::PassNotIpv4,
+    );
 }

@@ -83,10 +83,8 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     );
     // The relay's own addresses: while no worker lives, the box answers no
     // ARP request for them.
-    let mut own_addrs: Vec<std::net::Ipv4Addr> = config.services.iter().map(|s| s.vip).collect();
-    own_addrs.push(config.back.address);
-    own_addrs.sort();
-    own_addrs.dedup();
+    let addresses = crate::cluster::Addresses::at_start(&config);
+    let own_addrs = addresses.all.clone();
     // One program instance per interface: each has its own socket map, and
     // both interfaces use queue numbers from 0. Attached so that they stay
     // when this process dies (replacing what an earlier relay left): a dead
@@ -204,8 +202,9 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         handshake_timeout: Duration::from_millis(config.limits.handshake_timeout_ms),
         close_timeout: Duration::from_millis(config.limits.close_timeout_ms),
         coalesce: true,
-        // No peers yet: commits are acknowledged at once and kept nowhere.
-        checkpoints: false,
+        // A relay alone acknowledges its commits at once and keeps them
+        // nowhere: only a relay with a peer builds checkpoints.
+        checkpoints: config.cluster.is_some(),
         ..FlowConfig::default()
     };
     flow.front.mss = 1460;
@@ -216,6 +215,8 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     flow.front.recv_buffer = window;
     flow.back.recv_buffer = window;
     let worker_cfg = WorkerConfig {
+        relay_id: config.cluster.as_ref().map_or(0, |c| c.relay_id),
+        worker_index: 0,
         services: config
             .services
             .iter()
@@ -249,12 +250,24 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         neighbours,
         shared.clone(),
     )?;
+    let cluster = crate::cluster::start(
+        &config,
+        &mut worker,
+        crate::cluster::Takeover {
+            steer: steer.clone(),
+            addresses,
+            front: (config.front.interface.clone(), front_mac),
+            back: (config.back.interface.clone(), back_mac),
+            shared: shared.clone(),
+        },
+    )?;
     tracing::info!(
         name = %config.name,
         services = config.services.len(),
         "relay running"
     );
     let result = worker.run();
+    drop(cluster);
     stop.store(true, Ordering::Relaxed);
     // The programs stay attached with the workers marked dead: a stopped
     // relay's box keeps quiet about the relay's flows and addresses, as a

@@ -23,9 +23,11 @@ pub mod map_name {
     pub const CONFIG: &str = "CONFIG";
     /// `PERCPU_ARRAY` of `u64`, indexed by [`Verdict`](super::Verdict).
     pub const VERDICTS: &str = "VERDICTS";
-    /// `HASH`: [`AddrKey`](super::AddrKey) -> `u32` (1): the relay's own
-    /// addresses (VIPs and the back-side address), whose ARP requests go
-    /// unanswered while no worker lives.
+    /// `HASH`: [`AddrKey`](super::AddrKey) -> `u32`
+    /// ([`ADDR_OWNED`](super::ADDR_OWNED) or [`ADDR_STANDBY`](super::ADDR_STANDBY)):
+    /// the relay's addresses (VIPs and the back-side address). ARP requests
+    /// for them are answered only while this relay owns them and a worker
+    /// lives.
     pub const ADDRS: &str = "ADDRS";
 }
 
@@ -35,6 +37,12 @@ pub const MAX_QUEUES: u32 = 64;
 pub const MAX_SERVICES: u32 = 256;
 /// Capacity of the addresses map: every VIP once, plus the back-side address.
 pub const MAX_ADDRS: u32 = MAX_SERVICES + 1;
+
+/// [`map_name::ADDRS`] value: this relay serves the address.
+pub const ADDR_OWNED: u32 = 1;
+/// [`map_name::ADDRS`] value: a peer relay serves the address; this box
+/// must not answer for it (even if its kernel has it configured).
+pub const ADDR_STANDBY: u32 = 0;
 
 /// One of the relay's own IPv4 addresses, as it appears on the wire.
 #[repr(C)]
@@ -144,10 +152,13 @@ pub enum Verdict {
     /// stops claiming the address and a peer that takes it over gets the
     /// traffic.
     DropArpNoWorker = 8,
+    /// An ARP request for an address that a peer relay serves (this relay
+    /// stands by for it): dropped, so that only the owner answers.
+    DropArpStandby = 9,
 }
 
 /// Number of [`Verdict`] variants: the length of the verdict counter array.
-pub const VERDICT_COUNT: u32 = 9;
+pub const VERDICT_COUNT: u32 = 10;
 
 impl Verdict {
     /// All verdicts in counter-index order.
@@ -161,6 +172,7 @@ impl Verdict {
         Verdict::PassNotSteered,
         Verdict::PassRunt,
         Verdict::DropArpNoWorker,
+        Verdict::DropArpStandby,
     ];
 
     /// Stable lower-case name, used as a metric label.
@@ -175,6 +187,7 @@ impl Verdict {
             Verdict::PassNotSteered => "pass_not_steered",
             Verdict::PassRunt => "pass_runt",
             Verdict::DropArpNoWorker => "drop_arp_no_worker",
+            Verdict::DropArpStandby => "drop_arp_standby",
         }
     }
 
@@ -191,7 +204,7 @@ const _: () = assert!(core::mem::size_of::<ServiceValue>() == 4);
 const _: () = assert!(core::mem::size_of::<SteerConfig>() == 16);
 const _: () = assert!(core::mem::size_of::<AddrKey>() == 4);
 const _: () = assert!(Verdict::ALL.len() == VERDICT_COUNT as usize);
-const _: () = assert!(Verdict::DropArpNoWorker as u32 == VERDICT_COUNT - 1);
+const _: () = assert!(Verdict::DropArpStandby as u32 == VERDICT_COUNT - 1);
 
 #[cfg(test)]
 mod tests {

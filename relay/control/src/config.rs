@@ -91,6 +91,10 @@ pub struct Config {
     pub front: Front,
     /// The backend-facing interface.
     pub back: Back,
+    /// The relay pair (or larger cluster): backplane, peers, identities.
+    /// Without it the relay runs alone and commits locally.
+    #[serde(default)]
+    pub cluster: Option<Cluster>,
     /// The services this relay terminates TLS for (at least one).
     #[serde(rename = "service", default)]
     pub services: Vec<Service>,
@@ -260,6 +264,59 @@ pub struct Service {
     /// Active TCP health checks of the backends.
     #[serde(default)]
     pub health_check: HealthCheck,
+    /// The relay (by `name`) that serves this service's VIP while it lives;
+    /// the others stand by for it. Empty: this relay.
+    #[serde(default)]
+    pub owner: String,
+}
+
+/// The backplane and the peers of a relay cluster.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// This relay's id in the cluster (1..=65534), unique among its peers:
+    /// it names the relay's flows and replication streams.
+    pub relay_id: u16,
+    /// Address and port this relay listens on for its peers, on the
+    /// backplane interface.
+    pub listen: SocketAddr,
+    /// The cluster CA (PEM): a peer's certificate must chain to it.
+    pub ca: PathBuf,
+    /// This relay's certificate chain (PEM), issued by the cluster CA for
+    /// the DNS name equal to this relay's `name`.
+    pub cert: PathBuf,
+    /// This relay's private key (PEM).
+    pub key: PathBuf,
+    /// Time between heartbeats to each peer.
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Heartbeat intervals without a word from a peer (on every path)
+    /// before it is declared dead and its flows adopted.
+    #[serde(default = "default_heartbeat_misses")]
+    pub heartbeat_misses: u32,
+    /// The other relays.
+    #[serde(rename = "peer", default)]
+    pub peers: Vec<PeerRelay>,
+}
+
+/// Another relay of the cluster.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerRelay {
+    /// Its `name`, which its certificate must carry.
+    pub name: String,
+    /// Its `cluster.relay_id`.
+    pub relay_id: u16,
+    /// Its backplane address and port.
+    pub address: SocketAddr,
+}
+
+fn default_heartbeat_interval_ms() -> u64 {
+    20
+}
+
+fn default_heartbeat_misses() -> u32 {
+    5
 }
 
 /// A certificate chain and its key, in PEM files.
@@ -467,6 +524,18 @@ impl Config {
                     "protocol names are 1 to 255 bytes".into(),
                 ));
             }
+            if !s.owner.is_empty()
+                && s.owner != self.name
+                && !self
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.peers.iter().any(|p| p.name == s.owner))
+            {
+                return Err(invalid(
+                    at("owner"),
+                    format!("{:?} is neither this relay nor a [[cluster.peer]]", s.owner),
+                ));
+            }
             if check_files {
                 for (j, c) in s.certificates.iter().enumerate() {
                     for (what, file) in [("cert", &c.cert), ("key", &c.key)] {
@@ -477,6 +546,69 @@ impl Config {
                             ));
                         }
                     }
+                }
+            }
+        }
+        if let Some(c) = &self.cluster {
+            self.validate_cluster(c, check_files, &invalid)?;
+        }
+        Ok(())
+    }
+
+    fn validate_cluster(
+        &self,
+        c: &Cluster,
+        check_files: bool,
+        invalid: &dyn Fn(String, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let usable_id = |id: u16| id != 0 && id != u16::MAX;
+        if !usable_id(c.relay_id) {
+            return Err(invalid(
+                "cluster.relay_id".into(),
+                "must be 1 to 65534".into(),
+            ));
+        }
+        if c.heartbeat_interval_ms == 0 || c.heartbeat_misses == 0 {
+            return Err(invalid(
+                "cluster.heartbeat_interval_ms".into(),
+                "heartbeat_interval_ms and heartbeat_misses must be positive".into(),
+            ));
+        }
+        if c.peers.is_empty() {
+            return Err(invalid(
+                "cluster.peer".into(),
+                "a cluster needs at least one [[cluster.peer]]".into(),
+            ));
+        }
+        let mut ids = HashSet::from([c.relay_id]);
+        let mut names = HashSet::from([self.name.as_str()]);
+        for (i, p) in c.peers.iter().enumerate() {
+            if !usable_id(p.relay_id) || !ids.insert(p.relay_id) {
+                return Err(invalid(
+                    format!("cluster.peer[{i}].relay_id"),
+                    format!(
+                        "{} must be 1 to 65534 and differ from this relay's and every other peer's",
+                        p.relay_id
+                    ),
+                ));
+            }
+            if p.name.trim().is_empty() || !names.insert(p.name.as_str()) {
+                return Err(invalid(
+                    format!("cluster.peer[{i}].name"),
+                    format!(
+                        "{:?} must be non-empty and unique (this relay included)",
+                        p.name
+                    ),
+                ));
+            }
+        }
+        if check_files {
+            for (what, file) in [("ca", &c.ca), ("cert", &c.cert), ("key", &c.key)] {
+                if !file.is_file() {
+                    return Err(invalid(
+                        format!("cluster.{what}"),
+                        format!("{} is not a readable file", file.display()),
+                    ));
                 }
             }
         }
@@ -624,6 +756,67 @@ server_names = ["www.example.test"]
         let err = Config::parse(&text, path()).unwrap_err();
         assert!(matches!(err, ConfigError::Parse { line: 15, .. }), "{err}");
         assert!(err.to_string().starts_with("relay.toml:15:"), "{err}");
+    }
+
+    const CLUSTER: &str = r#"
+[cluster]
+relay_id = 1
+listen = "10.200.3.1:7000"
+ca = "cluster-ca.crt"
+cert = "relay-a.crt"
+key = "relay-a.key"
+
+[[cluster.peer]]
+name = "relay-b"
+relay_id = 2
+address = "10.200.3.2:7000"
+"#;
+
+    #[test]
+    fn a_cluster_section_parses_and_is_checked() {
+        let text = format!(
+            "{}{CLUSTER}",
+            GOOD.replace("balance =", "owner = \"relay-b\"\nbalance =")
+        );
+        let c = Config::parse(&text, path()).unwrap();
+        c.validate(path(), false).unwrap();
+        let cluster = c.cluster.as_ref().unwrap();
+        assert_eq!(cluster.relay_id, 1);
+        assert_eq!(cluster.heartbeat_interval_ms, 20);
+        assert_eq!(cluster.heartbeat_misses, 5);
+        assert_eq!(cluster.peers[0].name, "relay-b");
+        assert_eq!(c.services[0].owner, "relay-b");
+        let cases = [
+            (
+                text.replace("relay_id = 2", "relay_id = 1"),
+                "cluster.peer[0].relay_id",
+            ),
+            (
+                text.replace("owner = \"relay-b\"\n", "")
+                    .replace("name = \"relay-b\"", "name = \"relay-a\""),
+                "cluster.peer[0].name",
+            ),
+            (
+                text.replace("relay_id = 1", "relay_id = 0"),
+                "cluster.relay_id",
+            ),
+            (
+                text.replace("owner = \"relay-b\"", "owner = \"relay-c\""),
+                "service[0].owner",
+            ),
+        ];
+        for (text, field) in cases {
+            let c = Config::parse(&text, path()).unwrap();
+            match c.validate(path(), false) {
+                Err(ConfigError::Invalid { field: got, .. }) => assert_eq!(got, field),
+                other => panic!("expected {field} to be invalid, got {other:?}"),
+            }
+        }
+        // A peer without a certificate on disk is caught by --check.
+        match c.validate(path(), true) {
+            Err(ConfigError::Invalid { .. }) => {}
+            other => panic!("expected missing files, got {other:?}"),
+        }
     }
 
     #[test]

@@ -14,12 +14,13 @@
 
 pub mod afpacket;
 pub mod afxdp;
+pub mod garp;
 pub mod impair;
 pub mod memory;
 pub mod neighbour;
+pub mod netlink;
 pub mod netns;
 pub mod steer;
-pub mod xdp_netlink;
 
 use std::time::Duration;
 

@@ -10,7 +10,8 @@ use aya::Ebpf;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use relay_common::{
-    AddrKey, PROGRAM_NAME, ServiceKey, ServiceValue, SteerConfig, VERDICT_COUNT, Verdict, map_name,
+    ADDR_OWNED, ADDR_STANDBY, AddrKey, PROGRAM_NAME, ServiceKey, ServiceValue, SteerConfig,
+    VERDICT_COUNT, Verdict, map_name,
 };
 
 use crate::DeviceError;
@@ -147,7 +148,7 @@ impl SteerProgram {
     }
 
     /// Attaches to `ifname` so that the attachment outlives this process
-    /// (rtnetlink, see [`crate::xdp_netlink`]), replacing a program left
+    /// (rtnetlink, see [`crate::netlink`]), replacing a program left
     /// there by an earlier relay without a gap.
     ///
     /// A relay that dies keeps its box quiet this way: its sockets leave
@@ -157,7 +158,7 @@ impl SteerProgram {
     pub fn attach_persistent(&mut self, ifname: &str, mode: AttachMode) -> Result<(), DeviceError> {
         let program = self.program()?;
         let fd = program.fd().map_err(|e| steer_err("program fd", e))?;
-        crate::xdp_netlink::attach(ifname, fd.as_fd(), mode)?;
+        crate::netlink::attach(ifname, fd.as_fd(), mode)?;
         self.attached.push(ifname.to_string());
         self.persistent.push((ifname.to_string(), mode));
         tracing::info!(
@@ -172,7 +173,7 @@ impl SteerProgram {
     /// [`attach_persistent`](Self::attach_persistent).
     pub fn detach_persistent(&mut self) -> Result<(), DeviceError> {
         for (ifname, mode) in std::mem::take(&mut self.persistent) {
-            crate::xdp_netlink::detach(&ifname, mode)?;
+            crate::netlink::detach(&ifname, mode)?;
             self.attached.retain(|a| a != &ifname);
             tracing::info!(interface = ifname, "XDP steer program detached");
         }
@@ -184,27 +185,38 @@ impl SteerProgram {
         &self.attached
     }
 
-    /// Replaces the relay's own addresses (VIPs, the back-side address):
-    /// while no worker lives, ARP requests for them are dropped.
-    pub fn set_addresses(&mut self, addrs: &[std::net::Ipv4Addr]) -> Result<(), DeviceError> {
+    /// Replaces the relay's addresses (VIPs, the back-side address), each
+    /// with whether this relay serves it now (`true`) or stands by for a
+    /// peer that does. ARP requests for an address are answered only while
+    /// it is served here and a worker lives.
+    pub fn set_addresses(
+        &mut self,
+        addrs: &[(std::net::Ipv4Addr, bool)],
+    ) -> Result<(), DeviceError> {
         let mut map: HashMap<&mut MapData, PodAddrKey, u32> = HashMap::try_from(
             self.ebpf
                 .map_mut(map_name::ADDRS)
                 .ok_or_else(|| steer_err("object", "no ADDRS map"))?,
         )
         .map_err(|e| steer_err("ADDRS map", e))?;
-        let wanted: Vec<AddrKey> = addrs.iter().map(|a| AddrKey::new(a.octets())).collect();
+        let wanted: Vec<(AddrKey, u32)> = addrs
+            .iter()
+            .map(|(a, owned)| {
+                let value = if *owned { ADDR_OWNED } else { ADDR_STANDBY };
+                (AddrKey::new(a.octets()), value)
+            })
+            .collect();
         let stale: Vec<PodAddrKey> = map
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| !wanted.contains(&k.0))
+            .filter(|k| !wanted.iter().any(|(w, _)| *w == k.0))
             .collect();
         for key in stale {
             map.remove(&key)
                 .map_err(|e| steer_err("removing an address", e))?;
         }
-        for key in wanted {
-            map.insert(PodAddrKey(key), 1, 0)
+        for (key, value) in wanted {
+            map.insert(PodAddrKey(key), value, 0)
                 .map_err(|e| steer_err("inserting an address", e))?;
         }
         Ok(())

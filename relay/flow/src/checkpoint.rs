@@ -1,7 +1,9 @@
 //! The flow checkpoint: everything an adopter needs, as plain data.
 //!
 //! See `docs/flow-design.md` for what each part is for. The encoding is
-//! `RFLW`, a version byte, then the fields in order, big-endian, each
+//! `RFLW`, a version byte, the flow id (`u16` relay, `u16` worker, `u64`
+//! counter) and commit number (`u32` epoch, `u64` n) as the replication
+//! protocol writes them, then the fields in order, big-endian, each
 //! variable part length-prefixed, written and read with `relay_codec`.
 //! Decoding never panics: a peer that lies on the backplane gets a
 //! [`FlowError::Checkpoint`] naming the field.
@@ -13,11 +15,11 @@ use relay_tcp::Checkpoint;
 use relay_tls::TrafficState;
 
 use crate::error::FlowError;
-use crate::outbox::FlowId;
+use crate::outbox::{CommitNo, FlowId};
 
 const MAGIC: &[u8; 4] = b"RFLW";
 /// Encoding version of [`FlowCheckpoint::to_bytes`].
-pub const FLOW_CHECKPOINT_VERSION: u8 = 1;
+pub const FLOW_CHECKPOINT_VERSION: u8 = 2;
 /// Largest partial record carried (a TLS record is at most 2^14 + 256 bytes
 /// of body plus a 5-byte header).
 pub const MAX_PARTIAL: usize = (1 << 14) + 256 + 5;
@@ -66,8 +68,12 @@ pub struct FlowMeta {
 /// A flow's state as of one commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowCheckpoint {
-    /// The flow.
+    /// The flow (unique in the cluster; kept across adoptions).
     pub id: FlowId,
+    /// The commit this is the state as of. Deltas name their base by it
+    /// ([`encode_delta`](crate::encode_delta)); an adopter continues in
+    /// the epoch after its epoch.
+    pub commit: CommitNo,
     /// Client connection. `rcv_rel` is the upstream release point and
     /// `snd_una` the first byte of the first unacknowledged planned batch.
     pub front: Checkpoint,
@@ -103,7 +109,11 @@ impl FlowCheckpoint {
         let mut w = Writer::new(&mut out);
         w.bytes(MAGIC);
         w.u8(FLOW_CHECKPOINT_VERSION);
-        w.u64(self.id.0);
+        w.u16(self.id.relay);
+        w.u16(self.id.worker);
+        w.u64(self.id.counter);
+        w.u32(self.commit.epoch);
+        w.u64(self.commit.n);
         w.block(&self.front.to_bytes());
         w.block(&self.back.to_bytes());
         w.block(&self.traffic.export());
@@ -150,7 +160,12 @@ impl FlowCheckpoint {
         if version != FLOW_CHECKPOINT_VERSION {
             return Err(FlowError::Checkpoint("version"));
         }
-        let id = FlowId(r.u64("id")?);
+        let id = FlowId {
+            relay: r.u16("flow relay")?,
+            worker: r.u16("flow worker")?,
+            counter: r.u64("flow counter")?,
+        };
+        let commit = CommitNo::new(r.u32("commit epoch")?, r.u64("commit n")?);
         let front = Checkpoint::from_bytes(r.block("front")?)
             .map_err(|_| FlowError::Checkpoint("front"))?;
         let back =
@@ -217,6 +232,7 @@ impl FlowCheckpoint {
         r.finish()?;
         let ck = FlowCheckpoint {
             id,
+            commit,
             front,
             back,
             traffic,

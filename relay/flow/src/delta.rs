@@ -2,43 +2,36 @@
 //! replicated), then each commit travels as the difference from the last
 //! one the peer acknowledged.
 //!
-//! Encoding: `RFLD`, a version byte, the 32-bit tag of the base checkpoint
-//! (FNV-1a of its encoding, so a delta never applies to the wrong base),
-//! then the front and back TCP deltas (`relay_tcp::Delta`), the traffic
-//! state, the partial record (unchanged, grown by a suffix, or whole), the
-//! four stream offsets as zigzag varints of
-//! their change, and the batches as "dropped from the front, appended at
-//! the back". Traffic states are coded as unchanged, as new sequence
-//! numbers only, or whole. Written and read with `relay_codec`; decoding
-//! never panics: a lying peer gets a [`FlowError::Checkpoint`] naming the
-//! part.
+//! Encoding: `RFLD`, a version byte, the commit number of the base
+//! checkpoint and the delta's own (each a varint epoch and a varint `n`:
+//! a delta applies only to the checkpoint of its base commit, and gives
+//! the checkpoint of its own), then the front and back TCP deltas (the
+//! changed fields, `relay_tcp::Checkpoint::write_delta_fields`), the
+//! traffic state, the partial record (unchanged, grown by a suffix, or
+//! whole), the four stream offsets as zigzag varints of their change, and
+//! the batches as "dropped from the front, appended at the back". Traffic
+//! states are coded as unchanged, as new sequence numbers only, or whole.
+//! Written and read with `relay_codec`; decoding never panics: a lying
+//! peer gets a [`FlowError::Checkpoint`] naming the part, a delta for
+//! another base [`FlowError::DeltaBase`] naming both commits.
 
 use relay_codec::{Reader, Writer};
-use relay_tcp::{Checkpoint, Delta};
 use relay_tls::TrafficState;
 
 use crate::checkpoint::{FlowCheckpoint, MAX_BATCHES, MAX_PARTIAL, PlannedBatch};
 use crate::error::FlowError;
+use crate::outbox::CommitNo;
 
 const MAGIC: &[u8; 4] = b"RFLD";
 /// Encoding version of deltas.
-pub const FLOW_DELTA_VERSION: u8 = 1;
+pub const FLOW_DELTA_VERSION: u8 = 2;
 
-/// The tag a delta names its base by.
-pub fn checkpoint_tag(ck: &FlowCheckpoint) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in ck.to_bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
-}
-
-/// The delta from `base` to `new`, or `None` when only a full checkpoint
-/// can say it (another flow, new metadata, batches that do not continue
-/// the base's).
+/// The delta from `base` to `new`, named by their commit numbers, or
+/// `None` when only a full checkpoint can say it (another flow, a commit
+/// that does not follow the base's, new metadata, batches that do not
+/// continue the base's).
 pub fn encode_delta(new: &FlowCheckpoint, base: &FlowCheckpoint) -> Option<Vec<u8>> {
-    if new.id != base.id || new.meta != base.meta {
+    if new.id != base.id || new.commit <= base.commit || new.meta != base.meta {
         return None;
     }
     // Always found: every list starts with the empty tail.
@@ -49,11 +42,10 @@ pub fn encode_delta(new: &FlowCheckpoint, base: &FlowCheckpoint) -> Option<Vec<u
     let mut w = Writer::new(&mut out);
     w.bytes(MAGIC);
     w.u8(FLOW_DELTA_VERSION);
-    // The base is named by a hash of its encoding (see `checkpoint_tag`).
-    w.u32(checkpoint_tag(base));
-    for (n, b) in [(&new.front, &base.front), (&new.back, &base.back)] {
-        w.varint_block(n.delta_from(b).as_bytes());
-    }
+    put_commit(&mut w, base.commit);
+    put_commit(&mut w, new.commit);
+    new.front.write_delta_fields(&base.front, &mut w);
+    new.back.write_delta_fields(&base.back, &mut w);
     put_traffic(&mut w, &new.traffic, &base.traffic);
     // A record still arriving grows: only its new bytes travel.
     if new.partial == base.partial {
@@ -94,7 +86,9 @@ pub fn encode_delta(new: &FlowCheckpoint, base: &FlowCheckpoint) -> Option<Vec<u
     Some(out)
 }
 
-/// Applies a delta made by [`encode_delta`] to `base`.
+/// Applies a delta made by [`encode_delta`] to `base`, the checkpoint of
+/// the delta's base commit; anything else is [`FlowError::DeltaBase`],
+/// naming both commits.
 pub fn apply_delta(base: &FlowCheckpoint, bytes: &[u8]) -> Result<FlowCheckpoint, FlowError> {
     let mut r = Reader::new(bytes);
     if r.take(4, "delta magic")? != MAGIC {
@@ -103,11 +97,25 @@ pub fn apply_delta(base: &FlowCheckpoint, bytes: &[u8]) -> Result<FlowCheckpoint
     if r.u8("delta version")? != FLOW_DELTA_VERSION {
         return Err(FlowError::Checkpoint("delta version"));
     }
-    if r.u32("delta base")? != checkpoint_tag(base) {
-        return Err(FlowError::Checkpoint("delta base"));
+    let delta_base = get_commit(&mut r, "delta base")?;
+    if delta_base != base.commit {
+        return Err(FlowError::DeltaBase {
+            base: delta_base,
+            held: base.commit,
+        });
     }
-    let front = tcp_apply(&base.front, &mut r, "front delta")?;
-    let back = tcp_apply(&base.back, &mut r, "back delta")?;
+    let commit = get_commit(&mut r, "delta commit")?;
+    if commit <= base.commit {
+        return Err(FlowError::Checkpoint("delta commit (not after its base)"));
+    }
+    let front = base
+        .front
+        .apply_delta_fields(&mut r)
+        .map_err(|_| FlowError::Checkpoint("front delta"))?;
+    let back = base
+        .back
+        .apply_delta_fields(&mut r)
+        .map_err(|_| FlowError::Checkpoint("back delta"))?;
     let traffic = get_traffic(&mut r, &base.traffic, "traffic delta")?;
     let partial = match r.u8("partial")? {
         0 => base.partial.clone(),
@@ -172,6 +180,7 @@ pub fn apply_delta(base: &FlowCheckpoint, bytes: &[u8]) -> Result<FlowCheckpoint
     }
     let ck = FlowCheckpoint {
         id: base.id,
+        commit,
         front,
         back,
         traffic,
@@ -193,14 +202,15 @@ pub fn apply_delta(base: &FlowCheckpoint, bytes: &[u8]) -> Result<FlowCheckpoint
     Ok(ck)
 }
 
-/// A TCP delta (`relay_tcp::Delta`) travels as a varint length and its bytes.
-fn tcp_apply(
-    base: &Checkpoint,
-    r: &mut Reader<'_>,
-    what: &'static str,
-) -> Result<Checkpoint, FlowError> {
-    let d = Delta::from_bytes(r.varint_block(what, 512)?.to_vec());
-    base.apply(&d).map_err(|_| FlowError::Checkpoint(what))
+/// A commit number in a delta: varint epoch, varint `n`.
+fn put_commit(w: &mut Writer<'_>, no: CommitNo) {
+    w.varint(u64::from(no.epoch));
+    w.varint(no.n);
+}
+
+fn get_commit(r: &mut Reader<'_>, what: &'static str) -> Result<CommitNo, FlowError> {
+    let epoch = r.varint_max(what, u64::from(u32::MAX))? as u32;
+    Ok(CommitNo::new(epoch, r.varint(what)?))
 }
 
 /// 0: unchanged; 1: read and write sequence numbers changed; 2: whole.
@@ -252,20 +262,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_endless_varint_is_a_named_error() {
-        // The varints and zigzag themselves are tested in relay-codec; here:
-        // a delta whose front length never ends is an error naming the part.
-        let mut bytes = MAGIC.to_vec();
-        bytes.push(FLOW_DELTA_VERSION);
-        bytes.extend_from_slice(&[0; 4]);
-        bytes.extend_from_slice(&[0xff; 11]);
-        let mut r = Reader::new(&bytes[9..]);
+    fn commit_numbers_round_trip_and_bad_ones_are_named() {
+        let mut out = Vec::new();
+        let mut w = Writer::new(&mut out);
+        put_commit(&mut w, CommitNo::new(3, 1 << 40));
+        put_commit(&mut w, CommitNo::new(u32::MAX, 0));
+        let mut r = Reader::new(&out);
         assert_eq!(
-            r.varint_block("front delta", 512)
-                .map_err(FlowError::from)
-                .err()
-                .map(|e| e.to_string()),
-            Some(FlowError::Checkpoint("front delta").to_string())
+            get_commit(&mut r, "delta base").ok(),
+            Some(CommitNo::new(3, 1 << 40))
+        );
+        assert_eq!(
+            get_commit(&mut r, "delta commit").ok(),
+            Some(CommitNo::new(u32::MAX, 0))
+        );
+        assert!(r.is_empty());
+        // An epoch past u32, and a varint that never ends: named errors.
+        let mut out = Vec::new();
+        Writer::new(&mut out).varint(u64::from(u32::MAX) + 1);
+        out.push(0);
+        let e = get_commit(&mut Reader::new(&out), "delta base").err();
+        assert_eq!(
+            e.map(|e| e.to_string()),
+            Some(FlowError::Checkpoint("delta base").to_string())
+        );
+        let e = get_commit(&mut Reader::new(&[0xff; 11]), "delta commit").err();
+        assert_eq!(
+            e.map(|e| e.to_string()),
+            Some(FlowError::Checkpoint("delta commit").to_string())
         );
     }
 }

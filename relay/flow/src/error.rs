@@ -1,11 +1,24 @@
 //! Errors of the flow layer.
 
+use relay_replication::CommitNo;
+
 /// Why a flow operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
-    /// A checkpoint from the backplane does not decode or is inconsistent.
+    /// Peer relay: a checkpoint or delta from the backplane does not decode
+    /// or is inconsistent (the part is named).
     #[error("flow checkpoint: bad {0}")]
     Checkpoint(&'static str),
+    /// Peer relay (or the caller): a delta made from another commit than
+    /// the checkpoint it was applied to. The holder needs a full
+    /// checkpoint (or the delta's base) first.
+    #[error("flow delta made from commit {base}, applied to the checkpoint of commit {held}")]
+    DeltaBase {
+        /// The commit the delta was made from.
+        base: CommitNo,
+        /// The commit of the checkpoint it was applied to.
+        held: CommitNo,
+    },
     /// The TCP engine refused (e.g. a checkpoint it cannot import).
     #[error("tcp: {0}")]
     Tcp(#[from] relay_tcp::Error),

@@ -287,7 +287,8 @@ struct Batch {
     /// The commit that carries the plan has been acknowledged: the records
     /// may go out.
     released: bool,
-    commit: u64,
+    /// The commit that carries the plan, once made.
+    commit: Option<CommitNo>,
 }
 
 /// The upstream point a commit moves the release point to.
@@ -310,7 +311,7 @@ struct DownPoint {
 
 #[derive(Debug)]
 struct InFlight {
-    no: u64,
+    no: CommitNo,
     up: UpPoint,
     down: DownPoint,
     /// This commit carries our FIN to the backend: it may go once acked.
@@ -410,7 +411,7 @@ pub struct Flow {
     /// FIN to the backend is owed, and goes in a commit before it is sent.
     back_close_wanted: bool,
     /// The commit carrying that FIN, once made.
-    back_close_commit: Option<u64>,
+    back_close_commit: Option<CommitNo>,
     /// That commit is acknowledged: the FIN may go.
     back_close_allowed: bool,
     back_una: Option<Tracker>,
@@ -438,7 +439,9 @@ pub struct Flow {
 
     // Commits.
     replicated: bool,
-    next_commit: u64,
+    /// The number the next commit takes: epoch 0 on the relay that opened
+    /// the flow, one more than the checkpoint's on an adopter.
+    next_commit: CommitNo,
     planned_uncommitted: bool,
     in_flight: VecDeque<InFlight>,
     commits_out: VecDeque<(CommitNo, FlowCheckpoint)>,
@@ -559,7 +562,7 @@ impl Flow {
             replay: VecDeque::new(),
             replay_end: None,
             replicated: false,
-            next_commit: 1,
+            next_commit: CommitNo::new(0, 1),
             planned_uncommitted: false,
             in_flight: VecDeque::new(),
             commits_out: VecDeque::new(),
@@ -575,6 +578,12 @@ impl Flow {
     /// us. Both engines start with an ACK (with SACK information) that makes
     /// the client and the backend retransmit at once; `elapsed` bounds how
     /// long the old relay may have run after the checkpoint.
+    ///
+    /// The flow keeps its id and commits in the epoch after the
+    /// checkpoint's (`CommitNo { epoch: ck.commit.epoch + 1, n: 1 }` on):
+    /// whatever the old owner committed after the checkpoint (in its epoch,
+    /// any `n`), the adopter's commits sort after it, and a later adopter's
+    /// (adopting from one of ours) after ours.
     pub fn adopt(
         cfg: FlowConfig,
         ck: &FlowCheckpoint,
@@ -582,6 +591,12 @@ impl Flow {
         elapsed: Duration,
     ) -> Result<Flow, FlowError> {
         ck.validate()?;
+        // Only a lying peer sends the last epoch.
+        let epoch = ck
+            .commit
+            .epoch
+            .checked_add(1)
+            .ok_or(FlowError::Checkpoint("commit epoch"))?;
         let mut front = Connection::import(cfg.front.clone(), &ck.front, now, elapsed)?;
         let mut back = Connection::import(cfg.back.clone(), &ck.back, now, elapsed)?;
         front.nudge();
@@ -651,7 +666,8 @@ impl Flow {
         flow.replay_front_end =
             (!ck.batches.is_empty()).then(|| ck.front.snd_fin.unwrap_or(ck.front.snd_max));
         flow.hs_deadline = None;
-        tracing::debug!(id = ck.id.0, batches = ck.batches.len(), "flow adopted");
+        flow.next_commit = CommitNo::new(epoch, 1);
+        tracing::debug!(id = %ck.id, commit = %ck.commit, epoch = flow.next_commit.epoch, batches = ck.batches.len(), "flow adopted");
         Ok(flow)
     }
 
@@ -804,13 +820,13 @@ impl Flow {
         }
         if self.hs_deadline.is_some_and(|t| t <= now) {
             self.hs_deadline = None;
-            tracing::debug!(id = self.id.0, "handshake timed out");
+            tracing::debug!(id = %self.id, "handshake timed out");
             self.front.abort();
             self.end(CloseReason::HandshakeTimeout);
         }
         if self.close_deadline.is_some_and(|t| t <= now) && self.phase != Phase::Closed {
             self.close_deadline = None;
-            tracing::debug!(id = self.id.0, phase = self.phase.name(), "close timed out");
+            tracing::debug!(id = %self.id, phase = self.phase.name(), "close timed out");
             self.end(CloseReason::CloseTimeout);
             self.front.abort();
             if let Some(back) = self.back.as_mut() {
@@ -875,7 +891,7 @@ impl Flow {
                         self.records = Some(layer);
                     }
                     Err(e) => {
-                        tracing::debug!(id = self.id.0, error = %e, "record layer refused the handshake's state");
+                        tracing::debug!(id = %self.id, error = %e, "record layer refused the handshake's state");
                         self.front.abort();
                         self.end(CloseReason::HandshakeFailed);
                         self.progress(now);
@@ -894,7 +910,7 @@ impl Flow {
                 self.info = Some(est.info);
             }
             HandshakeOutcome::Failed(e) => {
-                tracing::debug!(id = self.id.0, error = %e, input = done.input_len, "handshake failed");
+                tracing::debug!(id = %self.id, error = %e, input = done.input_len, "handshake failed");
                 self.hs_input.clear();
                 // The output holds rustls' alert: queue it before the FIN.
                 self.push_front();
@@ -958,14 +974,12 @@ impl Flow {
     /// the commit's latency.
     pub fn handle_commit_ack(&mut self, now: Instant, no: CommitNo) -> Option<Duration> {
         let mut latency = None;
-        while self.in_flight.front().is_some_and(|c| c.no <= no.0) {
+        while self.in_flight.front().is_some_and(|c| c.no <= no) {
             let Some(c) = self.in_flight.pop_front() else {
                 break;
             };
             latency = Some(now.saturating_duration_since(c.at));
-            if !cfg!(feature = "broken-commit-rule") {
-                self.apply_commit(&c);
-            }
+            self.apply_commit(&c);
         }
         self.progress(now);
         latency
@@ -1123,7 +1137,7 @@ impl Flow {
         if let Some(reason) = back_failed
             && self.close_reason.is_none()
         {
-            tracing::debug!(id = self.id.0, reason = reason.label(), "backend failed");
+            tracing::debug!(id = %self.id, reason = reason.label(), "backend failed");
             self.fail_downstream(AlertDescription::InternalError, reason);
         }
     }
@@ -1281,7 +1295,7 @@ impl Flow {
                     self.up_eof = true;
                 }
                 ReadStatus::Violation(v) => {
-                    tracing::debug!(id = self.id.0, violation = ?v, "client broke the record protocol");
+                    tracing::debug!(id = %self.id, violation = ?v, "client broke the record protocol");
                     self.end(CloseReason::TlsViolation);
                     if let Some(back) = self.back.as_mut() {
                         back.abort();
@@ -1291,7 +1305,7 @@ impl Flow {
                     break;
                 }
                 ReadStatus::PeerAlert(desc) => {
-                    tracing::debug!(id = self.id.0, alert = ?desc, "client sent a fatal alert");
+                    tracing::debug!(id = %self.id, alert = ?desc, "client sent a fatal alert");
                     self.end(CloseReason::ClientAlert);
                     self.front.close();
                     self.front_close_sent = true;
@@ -1451,7 +1465,7 @@ impl Flow {
                     sent: 0,
                     done: false,
                     released: true,
-                    commit: 0,
+                    commit: None,
                 });
                 if self.replay.is_empty()
                     && let Some(end) = self.replay_end.take()
@@ -1504,7 +1518,7 @@ impl Flow {
             match sealed {
                 Ok(s) => self.stats.records_down += s.records as u64,
                 Err(e) => {
-                    tracing::debug!(id = self.id.0, error = %e, "sealing failed");
+                    tracing::debug!(id = %self.id, error = %e, "sealing failed");
                     self.fail_downstream(AlertDescription::InternalError, CloseReason::Aborted);
                     return;
                 }
@@ -1553,7 +1567,7 @@ impl Flow {
             sent: 0,
             done: false,
             released,
-            commit: 0,
+            commit: None,
         });
         if !released {
             self.planned_uncommitted = true;
@@ -1698,13 +1712,13 @@ impl Flow {
             return;
         };
         let no = self.next_commit;
-        self.next_commit += 1;
+        self.next_commit = no.next();
         for b in self
             .batches
             .iter_mut()
-            .filter(|b| !b.released && b.commit == 0)
+            .filter(|b| !b.released && b.commit.is_none())
         {
-            b.commit = no;
+            b.commit = Some(no);
         }
         self.planned_uncommitted = false;
         let close_back = self.back_close_wanted && self.back_close_commit.is_none();
@@ -1712,21 +1726,21 @@ impl Flow {
             self.back_close_commit = Some(no);
         }
         let built = if self.cfg.checkpoints {
-            self.checkpoint(&up, &down).map(Some)
+            self.checkpoint(no, &up, &down).map(Some)
         } else {
             Ok(None)
         };
         match built {
             Ok(None) => {
-                self.commit_nos.push_back(CommitNo(no));
+                self.commit_nos.push_back(no);
                 self.stats.commits += 1;
             }
             Ok(Some(ck)) => {
-                self.commits_out.push_back((CommitNo(no), ck));
+                self.commits_out.push_back((no, ck));
                 self.stats.commits += 1;
             }
             Err(e) => {
-                tracing::warn!(id = self.id.0, error = %e, full, "checkpoint failed; flow not adoptable");
+                tracing::warn!(id = %self.id, error = %e, full, "checkpoint failed; flow not adoptable");
             }
         }
         let c = InFlight {
@@ -1736,15 +1750,15 @@ impl Flow {
             close_back,
             at: now,
         };
-        if cfg!(feature = "broken-commit-rule") {
-            // The bug the simulation must catch: bytes released (and
-            // records sent) before the peer holds the commit.
-            self.apply_commit(&c);
-        }
         self.in_flight.push_back(c);
     }
 
-    fn checkpoint(&self, up: &UpPoint, down: &DownPoint) -> Result<FlowCheckpoint, FlowError> {
+    fn checkpoint(
+        &self,
+        commit: CommitNo,
+        up: &UpPoint,
+        down: &DownPoint,
+    ) -> Result<FlowCheckpoint, FlowError> {
         let back = self.back.as_ref().ok_or(FlowError::Usage("no backend"))?;
         let layer = self
             .records
@@ -1826,6 +1840,7 @@ impl Flow {
             .collect();
         let ck = FlowCheckpoint {
             id: self.id,
+            commit,
             front,
             back: back_ck,
             traffic,
@@ -1882,7 +1897,7 @@ impl Flow {
             self.batches.pop_front();
         }
         for b in self.batches.iter_mut() {
-            if !b.released && b.commit != 0 && b.commit <= c.no {
+            if !b.released && b.commit.is_some_and(|n| n <= c.no) {
                 b.released = true;
             }
         }

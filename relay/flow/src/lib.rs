@@ -8,8 +8,10 @@
 //! - [`Flow`]: the state machine; its calling order is written on it.
 //! - [`Outbox`]: where commits go; [`LocalCommit`] acknowledges at once
 //!   (a relay without peers), the cluster's outbox after a peer has them.
-//! - [`FlowCheckpoint`]: what an adopter needs ([`Flow::adopt`]);
-//!   [`encode_delta`] / [`apply_delta`]: the commits after the first.
+//! - [`FlowCheckpoint`]: what an adopter needs ([`Flow::adopt`]), as of
+//!   one [`CommitNo`] of one [`FlowId`] (both the replication crate's);
+//!   [`encode_delta`] / [`apply_delta`]: the commits after the first, each
+//!   naming its base by commit number.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -24,9 +26,9 @@ mod outbox;
 pub use checkpoint::{
     FLOW_CHECKPOINT_VERSION, FlowCheckpoint, FlowMeta, MAX_BATCHES, MAX_PARTIAL, PlannedBatch,
 };
-pub use delta::{FLOW_DELTA_VERSION, apply_delta, checkpoint_tag, encode_delta};
+pub use delta::{FLOW_DELTA_VERSION, apply_delta, encode_delta};
 pub use error::FlowError;
 pub use flow::{
     CloseReason, Flow, FlowConfig, FlowEvent, FlowStats, HandshakeDone, HandshakeJob, Phase,
 };
-pub use outbox::{CommitNo, FlowId, LocalCommit, Outbox};
+pub use outbox::{CommitNo, FlowId, LocalCommit, Outbox, RelayId};

@@ -2,19 +2,17 @@
 
 use std::collections::VecDeque;
 
+pub use relay_replication::{CommitNo, FlowId, RelayId};
+
 use crate::checkpoint::FlowCheckpoint;
 
-/// A flow's identity, unique within a cluster (the relay that opened the
-/// flow picks it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FlowId(pub u64);
-
-/// A commit's number within its flow: commits are numbered from 1 and
-/// acknowledged in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CommitNo(pub u64);
-
 /// Takes a flow's commits and acknowledges them once nobody can lose them.
+///
+/// Flow ids and commit numbers are the replication crate's: a
+/// [`FlowId`] names the flow in the whole cluster (relay, worker, counter)
+/// and never changes; a flow commits `CommitNo { epoch, n }` with `n` from
+/// 1 in epoch 0 on the relay that opened it, and each adopter continues in
+/// the next epoch ([`Flow::adopt`](crate::Flow::adopt)).
 ///
 /// The local implementation ([`LocalCommit`]) acknowledges at once; the
 /// cluster's acknowledges after a peer relay has stored the commit. An

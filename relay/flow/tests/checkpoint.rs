@@ -6,7 +6,10 @@
 mod common;
 
 use common::{KIB, Params, Rng, Sim};
-use relay_flow::{FLOW_CHECKPOINT_VERSION, FlowCheckpoint, FlowError};
+use relay_flow::{
+    CommitNo, FLOW_CHECKPOINT_VERSION, FLOW_DELTA_VERSION, FlowCheckpoint, FlowError, FlowId,
+    apply_delta, encode_delta,
+};
 
 /// Encodings a standby stored during a short simulated transfer: some with
 /// planned batches, some with a partial record.
@@ -15,9 +18,6 @@ fn samples() -> Vec<Vec<u8>> {
     for seed in [11, 12, 13] {
         let mut p = Params::random(seed, (256 * KIB) as u64, false);
         p.flow.partial_release = 100;
-        // (Built with the rule broken, the monitor would stop the run; no
-        // relay dies here, so the checkpoints are still real ones.)
-        p.watch_rule = !cfg!(feature = "broken-commit-rule");
         let report = Sim::new(p).run().unwrap_or_else(|e| panic!("{e}"));
         out.extend(report.samples);
     }
@@ -145,8 +145,9 @@ fn garbage() {
         let field = check_error(FlowCheckpoint::from_bytes(&x), &format!("round {round}"));
         assert!(field.is_some(), "round {round}: garbage decoded");
     }
-    // Huge length prefixes must not allocate or panic.
-    let mut x = b[..5 + 8].to_vec();
+    // Huge length prefixes must not allocate or panic (past the header,
+    // the flow id and the commit number).
+    let mut x = b[..5 + 12 + 12].to_vec();
     x.extend_from_slice(&u32::MAX.to_be_bytes());
     assert_eq!(
         check_error(FlowCheckpoint::from_bytes(&x), "huge block"),
@@ -161,8 +162,7 @@ fn deltas_rebuild_checkpoints_and_are_small() {
     let mut full = Vec::new();
     let mut deltas = Vec::new();
     for seed in [21, 22, 23] {
-        let mut p = Params::random(seed, (512 * KIB) as u64, false);
-        p.watch_rule = !cfg!(feature = "broken-commit-rule");
+        let p = Params::random(seed, (512 * KIB) as u64, false);
         let report = Sim::new(p).run().unwrap_or_else(|e| panic!("{e}"));
         full.extend(report.samples.iter().map(Vec::len));
         deltas.extend(report.delta_sizes);
@@ -186,4 +186,99 @@ fn deltas_rebuild_checkpoints_and_are_small() {
         deltas.len()
     );
     assert!(median(&deltas) * 4 < median(&full));
+}
+
+#[test]
+fn ids_and_commit_numbers_round_trip() {
+    let mut ck = FlowCheckpoint::from_bytes(&rich(&samples())).unwrap();
+    assert_eq!(ck.id, common::FLOW);
+    ck.id = FlowId {
+        relay: u16::MAX,
+        worker: 0xfffe,
+        counter: u64::MAX,
+    };
+    ck.commit = CommitNo::new(u32::MAX, u64::MAX);
+    let b = ck.to_bytes();
+    // Right after the header, as the replication protocol writes them.
+    assert_eq!(
+        &b[5..29],
+        &[[0xff; 3].as_slice(), &[0xfe], &[0xff; 20]].concat()[..]
+    );
+    assert_eq!(FlowCheckpoint::from_bytes(&b).unwrap(), ck);
+}
+
+/// A delta names its base and itself by commit number: it applies to the
+/// checkpoint of its base commit only, and the error names both.
+#[test]
+fn deltas_are_named_by_commit_number() {
+    let samples = samples();
+    let base = FlowCheckpoint::from_bytes(&rich(&samples)).unwrap();
+    let mut new = base.clone();
+    new.commit = CommitNo::new(base.commit.epoch, base.commit.n + 3);
+    new.up_client_off += 17;
+    new.front.rcv_rel += 17;
+    new.front.rcv_adv += 17;
+    let delta = encode_delta(&new, &base).expect("a delta");
+    assert_eq!(&delta[..5], &[b'R', b'F', b'L', b'D', FLOW_DELTA_VERSION]);
+    assert_eq!(apply_delta(&base, &delta).unwrap(), new);
+
+    // Applied to any other commit, even with the same contents.
+    for held in [
+        new.commit,
+        CommitNo::new(base.commit.epoch + 1, base.commit.n),
+        CommitNo::new(base.commit.epoch, base.commit.n.wrapping_sub(1)),
+    ] {
+        let mut other = base.clone();
+        other.commit = held;
+        let e = apply_delta(&other, &delta).expect_err("applied to another commit");
+        match &e {
+            FlowError::DeltaBase { base: b, held: h } => {
+                assert_eq!((*b, *h), (base.commit, held));
+            }
+            e => panic!("applied to commit {held}: {e}"),
+        }
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&base.commit.to_string()) && msg.contains(&held.to_string()),
+            "{msg}"
+        );
+    }
+
+    // No delta goes back, or stays: a commit after its base only.
+    let mut same = new.clone();
+    same.commit = base.commit;
+    assert_eq!(encode_delta(&same, &base), None);
+    same.commit = CommitNo::new(base.commit.epoch, base.commit.n.wrapping_sub(1));
+    assert_eq!(encode_delta(&same, &base), None);
+    // A delta that says so anyway (a lying peer) is refused, named.
+    let mut lying = delta.clone();
+    let base_len = varint_len(u64::from(base.commit.epoch)) + varint_len(base.commit.n);
+    let at = 5 + base_len;
+    let own_len = varint_len(u64::from(new.commit.epoch)) + varint_len(new.commit.n);
+    let mut back = Vec::new();
+    put_varint(&mut back, u64::from(base.commit.epoch));
+    put_varint(&mut back, base.commit.n);
+    lying.splice(at..at + own_len, back);
+    match apply_delta(&base, &lying) {
+        Err(FlowError::Checkpoint(what)) => assert!(what.contains("delta commit"), "{what}"),
+        other => panic!("a delta to its own base: {other:?}"),
+    }
+
+    // Cut anywhere: an error naming the part, never a panic.
+    for n in 0..delta.len() {
+        assert!(
+            apply_delta(&base, &delta[..n]).is_err(),
+            "a {n}-byte prefix applied"
+        );
+    }
+}
+
+fn varint_len(v: u64) -> usize {
+    let mut out = Vec::new();
+    put_varint(&mut out, v);
+    out.len()
+}
+
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    relay_codec::Writer::new(out).varint(v);
 }

@@ -3,8 +3,10 @@
 //! See `CHECKPOINT.md` in the crate for the field list and the reasons.
 //! The encoding is fixed-width big-endian behind a 4-byte magic and a
 //! version byte; a delta lists the fields that changed against a base
-//! checkpoint (identified by a tag), each as a zigzag varint of the
-//! wrapping difference. Both are written and read with `relay_codec`, so
+//! checkpoint, each as a zigzag varint of the wrapping difference. A
+//! standalone [`Delta`] names its base by a tag (a hash of its encoding);
+//! the flow layer, which numbers its commits, names the base by commit
+//! number and embeds only the fields (`write_delta_fields`). Both are written and read with `relay_codec`, so
 //! a decoding error names the field.
 
 use core::net::{Ipv4Addr, SocketAddrV4};
@@ -347,36 +349,30 @@ impl Checkpoint {
         Checkpoint::from_fields(&fields)
     }
 
-    /// A tag naming this checkpoint's exact contents, which deltas refer to.
+    /// A tag naming this checkpoint's exact contents, which a standalone
+    /// [`Delta`] names its base by. (A caller that numbers its
+    /// checkpoints, such as the flow layer with its commit numbers, names
+    /// the base itself and uses [`Self::write_delta_fields`] /
+    /// [`Self::apply_delta_fields`], which carry no tag.)
     pub fn tag(&self) -> u32 {
         siphash24(&[0; 16], &self.to_bytes()) as u32
     }
 
-    /// The delta that turns `base` into `self`.
+    /// The delta that turns `base` into `self`, standalone: `RD`, the
+    /// version, the base's [`tag`](Self::tag), then the fields.
     pub fn delta_from(&self, base: &Checkpoint) -> Delta {
-        let new = self.fields();
-        let old = base.fields();
-        let mut mask = 0u32;
-        for i in 0..NFIELDS {
-            if new[i] != old[i] {
-                mask |= 1 << i;
-            }
-        }
         let mut bytes = Vec::with_capacity(32);
         let mut w = Writer::new(&mut bytes);
         w.bytes(&DELTA_MAGIC);
         w.u8(CHECKPOINT_VERSION);
         w.u32(base.tag());
-        w.varint(u64::from(mask));
-        for (i, (_, width)) in FIELDS.iter().enumerate() {
-            if mask & (1 << i) != 0 {
-                w.zigzag(wrapping_diff(new[i], old[i], *width));
-            }
-        }
+        self.write_delta_fields(base, &mut w);
         Delta { bytes }
     }
 
-    /// Applies a delta made against `self`, giving the newer checkpoint.
+    /// Applies a standalone delta made against `self`, giving the newer
+    /// checkpoint. A delta made from another base is
+    /// [`Error::DeltaBase`].
     pub fn apply(&self, delta: &Delta) -> Result<Checkpoint, Error> {
         let mut r = Reader::new(&delta.bytes);
         if r.take(2, "delta magic")? != DELTA_MAGIC {
@@ -391,6 +387,38 @@ impl Checkpoint {
         if got != expected {
             return Err(Error::DeltaBase { expected, got });
         }
+        let ck = self.apply_delta_fields(&mut r)?;
+        r.finish()?;
+        Ok(ck)
+    }
+
+    /// The changed fields from `base` to `self`, without a header or a
+    /// name for the base: a varint bit mask of the changed fields, then
+    /// each changed field as the zigzag varint of its wrapping difference.
+    /// For a caller whose own encoding names the base (the flow layer's
+    /// delta names it by commit number); read back with
+    /// [`Self::apply_delta_fields`] on the same base.
+    pub fn write_delta_fields(&self, base: &Checkpoint, w: &mut Writer<'_>) {
+        let new = self.fields();
+        let old = base.fields();
+        let mut mask = 0u32;
+        for i in 0..NFIELDS {
+            if new[i] != old[i] {
+                mask |= 1 << i;
+            }
+        }
+        w.varint(u64::from(mask));
+        for (i, (_, width)) in FIELDS.iter().enumerate() {
+            if mask & (1 << i) != 0 {
+                w.zigzag(wrapping_diff(new[i], old[i], *width));
+            }
+        }
+    }
+
+    /// Reads what [`Self::write_delta_fields`] wrote against `self` (the
+    /// caller has checked that `self` is the base it names) and returns the
+    /// newer checkpoint, validated. Reads exactly the fields, no further.
+    pub fn apply_delta_fields(&self, r: &mut Reader<'_>) -> Result<Checkpoint, Error> {
         let mask = r.varint("delta field mask")?;
         if mask >> NFIELDS != 0 {
             return Err(Error::CheckpointInvalid("delta names unknown fields"));
@@ -401,7 +429,6 @@ impl Checkpoint {
                 *field = wrapping_add(*field, r.zigzag(what)?, width);
             }
         }
-        r.finish()?;
         Checkpoint::from_fields(&fields)
     }
 }

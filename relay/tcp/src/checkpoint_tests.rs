@@ -209,6 +209,41 @@ fn deltas_are_small_and_exact() {
     assert!(base.apply(&Delta::from_bytes(vec![])).is_err());
 }
 
+/// The bare fields (no header, no tag) embed in a caller's encoding: they
+/// read back exactly, and leave what follows them alone.
+#[test]
+fn delta_fields_embed_without_a_tag() {
+    let mut c = busy();
+    let base = c.export_checkpoint().unwrap();
+    let iss = c.iss();
+    c.handle_segment(
+        T0 + Duration::from_millis(20),
+        &seg(IRS + 6, iss + 4001, TcpFlags::empty(), 8, b"more"),
+    );
+    c.release_to(c.rcv_nxt()).unwrap();
+    let now = c.export_checkpoint().unwrap();
+    let mut out = Vec::new();
+    let mut w = relay_codec::Writer::new(&mut out);
+    w.u8(0xaa);
+    now.write_delta_fields(&base, &mut w);
+    w.u8(0xbb);
+    // The standalone delta is the same fields behind `RD`, version, tag.
+    assert_eq!(
+        &now.delta_from(&base).as_bytes()[7..],
+        &out[1..out.len() - 1]
+    );
+    let mut r = relay_codec::Reader::new(&out);
+    assert_eq!(r.u8("before"), Ok(0xaa));
+    assert_eq!(base.apply_delta_fields(&mut r).unwrap(), now);
+    assert_eq!(r.u8("after"), Ok(0xbb));
+    r.finish().unwrap();
+    // Cut short: a named field error, never a panic.
+    for n in 1..out.len() - 1 {
+        let mut r = relay_codec::Reader::new(&out[1..n]);
+        assert!(base.apply_delta_fields(&mut r).is_err(), "{n} bytes");
+    }
+}
+
 #[test]
 fn handshake_is_not_checkpointable() {
     let tuple = FourTuple::new(LOCAL, REMOTE);

@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod metrics;
+pub mod replicate;
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io::{Read, Write};
@@ -22,14 +23,29 @@ use std::time::Duration;
 use relay_control::backends::BackendPool;
 use relay_datapath::{Device, DeviceError};
 use relay_flow::{
-    CloseReason, Flow, FlowConfig, FlowEvent, FlowId, FlowMeta, FlowStats, HandshakeDone,
-    HandshakeJob, LocalCommit, Outbox,
+    CloseReason, Flow, FlowCheckpoint, FlowConfig, FlowEvent, FlowId, FlowMeta, FlowStats,
+    HandshakeDone, HandshakeJob, LocalCommit, Outbox, RelayId,
 };
 use relay_tcp::{FourTuple, Instant, IsnSecret, Listener, TcpRepr};
 use relay_tls::TlsServerConfig;
 use relay_wire::{EtherType, EthernetAddress, EthernetRepr, IpProtocol, Ipv4Repr, TcpFrame};
 
 pub use metrics::{DeviceMetrics, RelayMetrics};
+pub use replicate::{Commits, Replication};
+
+/// A flow a peer relay committed to us, to carry on here (its relay died or
+/// handed it over), with the link-layer addresses of its two peers.
+#[derive(Debug)]
+pub struct Adoption {
+    /// The last state the old relay committed.
+    pub checkpoint: FlowCheckpoint,
+    /// How long the old relay may have run after that commit.
+    pub elapsed: Duration,
+    /// The client's MAC (as this relay's kernel resolved it).
+    pub client_mac: [u8; 6],
+    /// The backend's MAC.
+    pub backend_mac: [u8; 6],
+}
 
 /// Client MACs remembered at most (a flood of spoofed sources resets it).
 const MAX_FRONT_MACS: usize = 65536;
@@ -60,7 +76,8 @@ pub struct ServiceRuntime {
 /// One line of `relay flows`.
 #[derive(Debug, Clone)]
 pub struct FlowSnapshot {
-    /// Flow id.
+    /// Flow id: this worker's counter (the cluster-wide id is the relay,
+    /// the worker and this).
     pub id: u64,
     /// Client address.
     pub client: SocketAddrV4,
@@ -100,6 +117,12 @@ pub struct Shared {
 /// Settings of one worker.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
+    /// This relay's number in the cluster: the first part of the id of
+    /// every flow it opens (0 until the configuration names relays).
+    pub relay_id: RelayId,
+    /// This worker's number on the relay (0 with one rx queue): the second
+    /// part of its flows' ids; the third is the worker's counter.
+    pub worker_index: u16,
     /// Services by index (the configuration's order).
     pub services: Vec<ServiceRuntime>,
     /// MAC of the front interface.
@@ -158,7 +181,12 @@ pub struct Worker {
     front_macs: HashMap<Ipv4Addr, EthernetAddress>,
     /// One per service: the bounded half-open table.
     listeners: Vec<Listener>,
-    outbox: LocalCommit,
+    outbox: Commits,
+    /// Every flow's local key by its cluster-wide id (adopted flows keep
+    /// the id their first relay gave them).
+    keys: HashMap<FlowId, u64>,
+    adopt_rx: Option<mpsc::Receiver<Vec<Adoption>>>,
+    wake_tx: Arc<UnixStream>,
     hs_tx: mpsc::Sender<(u64, HandshakeJob)>,
     hs_rx: mpsc::Receiver<(u64, HandshakeDone)>,
     hs_wake: UnixStream,
@@ -195,6 +223,10 @@ impl Worker {
         let (done_tx, done_rx) = mpsc::channel::<(u64, HandshakeDone)>();
         let (wake_rx, mut wake_tx) = UnixStream::pair().map_err(WorkerError::Thread)?;
         wake_rx.set_nonblocking(true).map_err(WorkerError::Thread)?;
+        // Whoever wakes the worker never blocks on it: a full buffer
+        // already means "wake up".
+        wake_tx.set_nonblocking(true).map_err(WorkerError::Thread)?;
+        let wake_for_others = Arc::new(wake_tx.try_clone().map_err(WorkerError::Thread)?);
         std::thread::Builder::new()
             .name("relay-handshakes".into())
             .spawn(move || {
@@ -245,7 +277,10 @@ impl Worker {
                 .collect(),
             front_macs: HashMap::new(),
             listeners,
-            outbox: LocalCommit::new(),
+            outbox: Commits::Local(LocalCommit::new()),
+            keys: HashMap::new(),
+            adopt_rx: None,
+            wake_tx: wake_for_others,
             hs_tx: job_tx,
             hs_rx: done_rx,
             hs_wake: wake_rx,
@@ -258,6 +293,26 @@ impl Worker {
 
     fn now(&self) -> Instant {
         Instant::from_micros(self.epoch.elapsed().as_micros() as u64)
+    }
+
+    /// Something another thread calls to wake this worker from its poll
+    /// (the backplane, when it queued acknowledgements for it).
+    pub fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let tx = self.wake_tx.clone();
+        Arc::new(move || {
+            let _ = (&*tx).write(&[1]);
+        })
+    }
+
+    /// Replicates this worker's flows to a peer from now on (flows commit
+    /// full checkpoints and deltas, released when the peer acknowledges).
+    pub fn attach_replication(&mut self, link: Replication) {
+        self.outbox = Commits::cluster(link);
+    }
+
+    /// Flows sent on `rx` (with a [`waker`](Self::waker) call) are adopted.
+    pub fn accept_adoptions(&mut self, rx: mpsc::Receiver<Vec<Adoption>>) {
+        self.adopt_rx = Some(rx);
     }
 
     /// Runs until shutdown is requested and the flows are done (or the
@@ -292,6 +347,8 @@ impl Worker {
             }
             let got = self.receive(now)?;
             let hs = self.handshake_results(now);
+            let adopted = self.adoptions(now);
+            let replicated = self.replication(now);
             self.run_timers(now);
             for i in 0..self.listeners.len() {
                 if self.listeners[i].poll_timeout().is_some_and(|t| t <= now) {
@@ -311,13 +368,15 @@ impl Worker {
                 }
             }
             self.service_dirty(now)?;
+            // One backplane write per loop, with every commit of the loop.
+            self.outbox.pump();
             self.front.flush()?;
             self.back.flush()?;
             if now.micros.saturating_sub(last_report.micros) >= 500_000 {
                 last_report = now;
                 self.report(now);
             }
-            if got == 0 && !hs {
+            if got == 0 && !hs && !adopted && !replicated {
                 self.wait(now)?;
             }
         }
@@ -479,8 +538,9 @@ impl Worker {
             || tls.is_none();
         let flow = match tls {
             Some(tls) if !refuse => {
-                let id = self.next_id;
-                Flow::from_accepted(FlowId(id), self.cfg.flow.clone(), conn, &tls, now)
+                let id = flow_id(&self.cfg, self.next_id);
+                self.keys.insert(id, self.next_id);
+                Flow::from_accepted(id, self.cfg.flow.clone(), conn, &tls, now)
                     .map_err(|e| e.to_string())
             }
             _ => {
@@ -528,6 +588,105 @@ impl Worker {
         );
         self.dirty.push(id);
         Ok(())
+    }
+
+    /// Backplane events and acknowledgements; flows whose commits were
+    /// acknowledged are serviced (they release bytes). Returns whether
+    /// anything came.
+    fn replication(&mut self, now: Instant) -> bool {
+        let report = self.outbox.pump();
+        self.shared
+            .metrics
+            .commits_unprotected
+            .add(self.outbox.take_unprotected());
+        let mut any = report.events > 0;
+        while let Some((fid, no)) = self.outbox.poll_ack() {
+            any = true;
+            let Some(&key) = self.keys.get(&fid) else {
+                continue;
+            };
+            if let Some(s) = self.flows.get_mut(&key) {
+                if let Some(lat) = s.flow.handle_commit_ack(now, no) {
+                    self.shared
+                        .metrics
+                        .commit_latency
+                        .observe(lat.as_secs_f64());
+                }
+                self.dirty.push(key);
+            }
+        }
+        any
+    }
+
+    /// Flows handed over by the control plane (a dead peer's).
+    fn adoptions(&mut self, now: Instant) -> bool {
+        let mut batches = Vec::new();
+        if let Some(rx) = &self.adopt_rx {
+            while let Ok(batch) = rx.try_recv() {
+                batches.push(batch);
+            }
+        }
+        let any = !batches.is_empty();
+        for a in batches.into_iter().flatten() {
+            self.adopt(now, a);
+        }
+        any
+    }
+
+    fn adopt(&mut self, now: Instant, a: Adoption) {
+        let flow = match Flow::adopt(self.cfg.flow.clone(), &a.checkpoint, now, a.elapsed) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(flow = ?a.checkpoint.id, error = %e, "cannot adopt a flow");
+                return;
+            }
+        };
+        let fid = flow.id();
+        if self.keys.contains_key(&fid) {
+            tracing::warn!(flow = ?fid, "adopting a flow this worker already has: ignored");
+            return;
+        }
+        let front = flow.front_tuple();
+        let back = flow.back_tuple();
+        let service = self
+            .cfg
+            .services
+            .iter()
+            .position(|s| s.addr == front.local)
+            .unwrap_or(0);
+        let key = self.next_id;
+        self.next_id += 1;
+        self.keys.insert(fid, key);
+        self.by_front.insert(front, key);
+        let mut back_port = None;
+        if let Some(t) = back {
+            self.by_back.insert(t, key);
+            self.neighbours
+                .insert(*t.remote.ip(), EthernetAddress(a.backend_mac));
+            if t.local.ip() == &self.cfg.back_addr && self.ports.insert(t.local.port()) {
+                back_port = Some(t.local.port());
+            }
+        }
+        let m = &self.shared.metrics;
+        m.flows_adopted.inc();
+        m.flows_active.add(1);
+        self.flows.insert(
+            key,
+            Slot {
+                flow,
+                service,
+                client_mac: EthernetAddress(a.client_mac),
+                backend: None,
+                back_port,
+                armed: None,
+                reported: FlowStats::default(),
+                retx: (0, 0),
+                hs_error: false,
+                hs_in_flight: false,
+            },
+        );
+        tracing::debug!(flow = ?fid, key, "adopted");
+        self.dirty.push(key);
     }
 
     fn handshake_results(&mut self, now: Instant) -> bool {
@@ -622,23 +781,28 @@ impl Worker {
             };
             while let Some((no, ck)) = slot.flow.poll_commit() {
                 self.shared.metrics.commits.inc();
-                self.outbox.commit(FlowId(id), no, &ck);
+                let fid = slot.flow.id();
+                self.outbox.commit(fid, no, &ck);
             }
             while let Some(no) = slot.flow.poll_commit_no() {
                 self.shared.metrics.commits.inc();
-                self.outbox.commit_no(FlowId(id), no);
+                let fid = slot.flow.id();
+                self.outbox.commit_no(fid, no);
             }
             let mut acked = false;
             while let Some((fid, no)) = self.outbox.poll_ack() {
-                if let Some(s) = self.flows.get_mut(&fid.0) {
+                let Some(&key) = self.keys.get(&fid) else {
+                    continue;
+                };
+                if let Some(s) = self.flows.get_mut(&key) {
                     if let Some(lat) = s.flow.handle_commit_ack(now, no) {
                         self.shared
                             .metrics
                             .commit_latency
                             .observe(lat.as_secs_f64());
                     }
-                    if fid.0 != id {
-                        self.dirty.push(fid.0);
+                    if key != id {
+                        self.dirty.push(key);
                     } else {
                         acked = true;
                     }
@@ -773,7 +937,9 @@ impl Worker {
         let Some(slot) = self.flows.remove(&id) else {
             return;
         };
-        self.outbox.forget(FlowId(id));
+        let fid = slot.flow.id();
+        self.outbox.forget(fid);
+        self.keys.remove(&fid);
         self.by_front.remove(&slot.flow.front_tuple());
         if let Some(t) = slot.flow.back_tuple() {
             self.by_back.remove(&t);
@@ -966,9 +1132,46 @@ fn send_segment(
     Ok(())
 }
 
+/// The cluster-wide id of this worker's flow number `counter`.
+fn flow_id(cfg: &WorkerConfig, counter: u64) -> FlowId {
+    FlowId {
+        relay: cfg.relay_id,
+        worker: cfg.worker_index,
+        counter,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flow_ids_carry_relay_and_worker() {
+        let cfg = WorkerConfig {
+            relay_id: 3,
+            worker_index: 2,
+            services: Vec::new(),
+            front_mac: [0; 6],
+            back_mac: [0; 6],
+            back_addr: Ipv4Addr::UNSPECIFIED,
+            back_ports: (1, 1),
+            flow: FlowConfig::default(),
+            isn_secret: [0; 16],
+            shutdown_grace: Duration::ZERO,
+            max_flow_memory: 0,
+            max_half_open: 1,
+        };
+        let id = flow_id(&cfg, 7);
+        assert_eq!(
+            id,
+            FlowId {
+                relay: 3,
+                worker: 2,
+                counter: 7
+            }
+        );
+        assert_eq!(id.to_string(), "3.2.7");
+    }
 
     #[test]
     fn ports_cycle_and_skip_used() {

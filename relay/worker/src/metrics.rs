@@ -15,6 +15,11 @@ pub struct RelayMetrics {
     pub flows_active: Gauge,
     /// Flows accepted since start.
     pub flows_opened: Counter,
+    /// Flows carried on from a peer relay's checkpoint.
+    pub flows_adopted: Counter,
+    /// Commits that were not replicated (no peer reachable, or its queue
+    /// full): the flow went on unprotected.
+    pub commits_unprotected: Counter,
     /// New flows refused (flow limit, draining).
     pub flows_refused_limit: Counter,
     /// New flows refused while draining.
@@ -153,6 +158,16 @@ impl RelayMetrics {
         RelayMetrics {
             flows_active: r.gauge("relay_flows_active", "Flows open now.", &[]),
             flows_opened: r.counter("relay_flows_opened_total", "Flows accepted.", &[]),
+            flows_adopted: r.counter(
+                "relay_flows_adopted_total",
+                "Flows carried on from a peer relay's checkpoint.",
+                &[],
+            ),
+            commits_unprotected: r.counter(
+                "relay_commits_unprotected_total",
+                "Commits not replicated to a peer (none reachable, or its queue full).",
+                &[],
+            ),
             flows_refused_limit: r.counter(
                 "relay_flows_refused_total",
                 "New flows refused with a reset.",

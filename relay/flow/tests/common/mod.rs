@@ -29,7 +29,19 @@
 //!
 //! With `Params::watch_rule` (the default) the commit rule is also watched
 //! directly: every segment the relay sends must acknowledge nothing, and
-//! carry no record, past what the standby holds at that moment.
+//! carry no record, past what the standby holds at that moment. A run that
+//! fails says which check saw it first ([`Check`]): the monitor's failure
+//! is [`Check::CommitRule`].
+//!
+//! `Params::broken_rule` is the mutation that shows the monitor works,
+//! applied here and not in relay-flow: the relay's outbox acknowledges
+//! each commit as soon as the flow makes it, before the standby holds it,
+//! so the flow releases bytes (and sends records) too early.
+//!
+//! Flow ids and commit numbers are watched too: the flow keeps its
+//! [`FlowId`] across adoptions, each checkpoint carries the commit number
+//! it was made for, and every commit of an adopter sorts after every
+//! commit the dead relays made.
 //!
 //! Runs are deterministic for a given build, except that rustls' ECDSA
 //! signatures vary in length by a byte or two (the ECDSA seeds' segment
@@ -39,6 +51,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
@@ -46,8 +59,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use relay_flow::{
-    CloseReason, CommitNo, Flow, FlowCheckpoint, FlowConfig, FlowEvent, FlowId, FlowMeta, Outbox,
-    Phase,
+    CloseReason, CommitNo, Flow, FlowCheckpoint, FlowConfig, FlowError, FlowEvent, FlowId,
+    FlowMeta, Outbox, Phase,
 };
 use relay_tcp::{
     Config as TcpConfig, Connection, Event, FourTuple, Instant, IsnSecret, Listener, ReleaseMode,
@@ -67,6 +80,44 @@ pub const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 4
 pub const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 443);
 pub const RELAY_BACK: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 100), 50000);
 pub const BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 1), 8080);
+/// The simulated flow's id (relay A's worker 3; a counter past 32 bits).
+pub const FLOW: FlowId = FlowId {
+    relay: 1,
+    worker: 3,
+    counter: (1 << 33) + 5,
+};
+
+/// The check that stopped a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The commit-rule monitor (`Params::watch_rule`): a segment the relay
+    /// sent, or what the client or the backend had acknowledged or
+    /// received, went past what the standby held at that moment.
+    CommitRule,
+    /// Bytes that never arrive: no progress for `stall_limit`, nothing left
+    /// to happen, or the virtual time or step limit.
+    Stalled,
+    /// Any other check: a reset, a TLS error or alert, a wrong, missing or
+    /// extra byte, a flow that did not close normally, an encoding that
+    /// does not round-trip, commit numbers out of order.
+    Other,
+}
+
+/// Why a run failed: the check that saw it first, and a diagnostic.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub check: Check,
+    /// When the run stopped, a byte stream (either way) had not been
+    /// delivered in full.
+    pub incomplete: bool,
+    pub diagnostic: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{:?}] {}", self.check, self.diagnostic)
+    }
+}
 
 /// xoshiro256** seeded through SplitMix64.
 #[derive(Clone, Debug)]
@@ -207,6 +258,9 @@ pub struct Params {
     /// what the ends hold, against what the standby holds). Off, only the
     /// end-to-end outcome (bytes, resets, alerts, progress) is judged.
     pub watch_rule: bool,
+    /// The mutation: the relay's outbox acknowledges every commit at once,
+    /// before the standby holds it (the commit rule broken on purpose).
+    pub broken_rule: bool,
 }
 
 impl Params {
@@ -298,6 +352,7 @@ impl Params {
             time_limit: Duration::from_secs(600),
             stall_limit: Duration::from_secs(120),
             watch_rule: true,
+            broken_rule: false,
         }
     }
 }
@@ -738,10 +793,14 @@ pub struct Channel {
     pub commits: u64,
     pub bytes: u64,
     pub max_size: usize,
+    /// The highest commit number made through this channel.
+    pub highest: Option<CommitNo>,
+    /// The mutation (`Params::broken_rule`): acknowledge at once.
+    ack_at_once: bool,
 }
 
 impl Channel {
-    fn new(delay: (Duration, Duration), seed: u64) -> Channel {
+    fn new(delay: (Duration, Duration), seed: u64, ack_at_once: bool) -> Channel {
         Channel {
             now: Instant::from_secs(0),
             delay,
@@ -752,6 +811,8 @@ impl Channel {
             commits: 0,
             bytes: 0,
             max_size: 0,
+            highest: None,
+            ack_at_once,
         }
     }
 
@@ -774,9 +835,14 @@ impl Channel {
 }
 
 impl Outbox for Channel {
-    fn commit(&mut self, _id: FlowId, no: CommitNo, checkpoint: &FlowCheckpoint) {
+    fn commit(&mut self, id: FlowId, no: CommitNo, checkpoint: &FlowCheckpoint) {
         let bytes = checkpoint.to_bytes();
         self.commits += 1;
+        self.highest = self.highest.max(Some(no));
+        if self.ack_at_once {
+            // The broken rule: released before anyone else holds it.
+            self.acks.push_back((id, no));
+        }
         self.bytes += bytes.len() as u64;
         self.max_size = self.max_size.max(bytes.len());
         // FIFO: never earlier than the previous commit.
@@ -887,7 +953,10 @@ pub struct Sim {
     replicated: bool,
     kill_at: Option<Instant>,
     next_kill: usize,
-    failure: Option<String>,
+    /// The highest commit number any killed relay made: every commit of
+    /// the active relay must sort after it.
+    dead_highest: Option<CommitNo>,
+    failure: Option<(Check, String)>,
     last_progress: (u64, Instant),
     pub report: Report,
     log: VecDeque<String>,
@@ -952,7 +1021,7 @@ impl Sim {
             peer_fin: false,
             error: None,
         };
-        let chan = Channel::new(p.repl_delay, rng.next_u64());
+        let chan = Channel::new(p.repl_delay, rng.next_u64(), p.broken_rule);
         Sim {
             now,
             start: now,
@@ -973,6 +1042,7 @@ impl Sim {
             replicated: false,
             kill_at: None,
             next_kill: 0,
+            dead_highest: None,
             failure: None,
             last_progress: (0, now),
             report: Report::default(),
@@ -990,13 +1060,26 @@ impl Sim {
     }
 
     fn fail(&mut self, msg: String) {
+        self.fail_as(Check::Other, msg);
+    }
+
+    fn fail_as(&mut self, check: Check, msg: String) {
         if self.failure.is_none() {
-            self.failure = Some(msg);
+            self.failure = Some((check, msg));
         }
     }
 
-    /// Runs to the end; `Err` carries a diagnostic.
-    pub fn run(mut self) -> Result<Report, String> {
+    fn failed(&self, check: Check, what: &str) -> Failure {
+        Failure {
+            check,
+            incomplete: self.client.rx.got < self.client.rx.total
+                || self.backend.rx.got < self.backend.rx.total,
+            diagnostic: self.diagnostic(what),
+        }
+    }
+
+    /// Runs to the end; `Err` says which check failed, with a diagnostic.
+    pub fn run(mut self) -> Result<Report, Failure> {
         let limit = self.now + self.p.time_limit;
         let mut steps = 0u64;
         loop {
@@ -1004,8 +1087,8 @@ impl Sim {
             self.settle();
             self.check_rule();
             self.collect_errors();
-            if let Some(f) = self.failure.take() {
-                return Err(self.diagnostic(&f));
+            if let Some((check, f)) = self.failure.take() {
+                return Err(self.failed(check, &f));
             }
             if self.done() {
                 break;
@@ -1015,16 +1098,16 @@ impl Sim {
                 self.last_progress = (progress, self.now);
             }
             if self.now.saturating_duration_since(self.last_progress.1) > self.p.stall_limit {
-                return Err(self.diagnostic("no progress (stalled)"));
+                return Err(self.failed(Check::Stalled, "no progress (stalled)"));
             }
             let Some(next) = self.next_time() else {
-                return Err(self.diagnostic("nothing left to happen (deadlock)"));
+                return Err(self.failed(Check::Stalled, "nothing left to happen (deadlock)"));
             };
             if next > limit {
-                return Err(self.diagnostic("virtual time limit"));
+                return Err(self.failed(Check::Stalled, "virtual time limit"));
             }
             if steps > 20_000_000 {
-                return Err(self.diagnostic("step limit"));
+                return Err(self.failed(Check::Stalled, "step limit"));
             }
             self.now = next.max(self.now);
             self.deliver();
@@ -1045,17 +1128,17 @@ impl Sim {
         self.client.done() && self.backend.done() && self.flow_closed.is_some()
     }
 
-    fn final_checks(&self) -> Result<(), String> {
+    fn final_checks(&self) -> Result<(), Failure> {
         let c = &self.client;
         let b = &self.backend;
         if c.tx.hash.clone().finalize() != b.rx.hash.clone().finalize() {
-            return Err(self.diagnostic("client -> backend hash differs"));
+            return Err(self.failed(Check::Other, "client -> backend hash differs"));
         }
         if b.tx.hash.clone().finalize() != c.rx.hash.clone().finalize() {
-            return Err(self.diagnostic("backend -> client hash differs"));
+            return Err(self.failed(Check::Other, "backend -> client hash differs"));
         }
         if self.flow_closed != Some(CloseReason::Normal) {
-            return Err(self.diagnostic("flow did not end Closed(Normal)"));
+            return Err(self.failed(Check::Other, "flow did not end Closed(Normal)"));
         }
         // A kill that never fired is fine (the flow ended first); the
         // per-seed line shows how many did.
@@ -1100,7 +1183,7 @@ impl Sim {
             ));
         }
         if let Some(b) = broken {
-            self.fail(format!("commit rule broken: {b}"));
+            self.fail_as(Check::CommitRule, format!("commit rule broken: {b}"));
         }
     }
 
@@ -1262,8 +1345,9 @@ impl Sim {
                             &self.relay_secret,
                             meta,
                         ) {
-                            self.failure
-                                .get_or_insert_with(|| format!("connect_backend: {e}"));
+                            self.failure.get_or_insert_with(|| {
+                                (Check::Other, format!("connect_backend: {e}"))
+                            });
                         }
                     }
                     FlowEvent::Replicated => {
@@ -1284,19 +1368,44 @@ impl Sim {
                 match back {
                     Ok(b) if b == ck => {}
                     Ok(_) => {
-                        self.failure
-                            .get_or_insert_with(|| format!("commit {no:?} does not round-trip"));
+                        self.failure.get_or_insert_with(|| {
+                            (Check::Other, format!("commit {no} does not round-trip"))
+                        });
                     }
                     Err(e) => {
                         let front = relay_tcp::Checkpoint::from_bytes(&ck.front.to_bytes()).err();
                         let back = relay_tcp::Checkpoint::from_bytes(&ck.back.to_bytes()).err();
                         self.failure.get_or_insert_with(|| {
-                            format!(
-                                "commit {no:?} does not decode: {e} (front: {front:?} {:?}; back: {back:?} {:?})",
+                            (Check::Other, format!(
+                                "commit {no} does not decode: {e} (front: {front:?} {:?}; back: {back:?} {:?})",
                                 ck.front, ck.back
-                            )
+                            ))
                         });
                     }
+                }
+                // Named as made: this flow, this commit; after every commit
+                // of the relays that died before this one.
+                let misnamed = if ck.id != FLOW || flow.id() != FLOW {
+                    Some(format!(
+                        "commit {no} names flow {} (flow {}), not {FLOW}",
+                        ck.id,
+                        flow.id()
+                    ))
+                } else if ck.commit != no {
+                    Some(format!(
+                        "commit {no} carries the checkpoint of commit {}",
+                        ck.commit
+                    ))
+                } else if let Some(d) = self.dead_highest.filter(|&d| no <= d) {
+                    Some(format!(
+                        "relay #{}'s commit {no} does not sort after the dead relays' commit {d}",
+                        self.active
+                    ))
+                } else {
+                    None
+                };
+                if let Some(m) = misnamed {
+                    self.failure.get_or_insert((Check::Other, m));
                 }
                 self.chan.commit(flow.id(), no, &ck);
             }
@@ -1309,7 +1418,7 @@ impl Sim {
                 if let Some(e) = rule_on_the_wire(self.store.as_ref(), Link::R2C, &r)
                     && self.p.watch_rule
                 {
-                    self.failure.get_or_insert(e);
+                    self.failure.get_or_insert((Check::CommitRule, e));
                 }
                 let bytes = to_bytes(&r, Link::R2C);
                 send(
@@ -1329,7 +1438,7 @@ impl Sim {
                 if let Some(e) = rule_on_the_wire(self.store.as_ref(), Link::R2S, &r)
                     && self.p.watch_rule
                 {
-                    self.failure.get_or_insert(e);
+                    self.failure.get_or_insert((Check::CommitRule, e));
                 }
                 let bytes = to_bytes(&r, Link::R2S);
                 send(
@@ -1475,7 +1584,7 @@ impl Sim {
                         None if self.active == 0 && repr.flags.syn() && !repr.flags.ack() => {
                             let tuple = FourTuple::incoming(*src.ip(), *dst.ip(), &repr);
                             match Flow::accept(
-                                FlowId(1),
+                                FLOW,
                                 self.p.flow.clone(),
                                 tuple,
                                 &repr,
@@ -1513,14 +1622,21 @@ impl Sim {
             let ck = match FlowCheckpoint::from_bytes(&t.bytes) {
                 Ok(ck) => ck,
                 Err(e) => {
-                    self.fail(format!("standby cannot decode commit {:?}: {e}", t.no));
+                    self.fail(format!("standby cannot decode commit {}: {e}", t.no));
                     return;
                 }
             };
+            if ck.commit != t.no {
+                self.fail(format!(
+                    "commit {} carries the checkpoint of commit {}",
+                    t.no, ck.commit
+                ));
+                return;
+            }
             if let Some(s) = &self.store
                 && s.no >= t.no
             {
-                self.fail(format!("commit {:?} stored after {:?}", t.no, s.no));
+                self.fail(format!("commit {} stored after {}", t.no, s.no));
                 return;
             }
             // The delta from the last stored checkpoint must rebuild this one.
@@ -1528,26 +1644,39 @@ impl Sim {
                 && s.ck.id == ck.id
                 && let Some(delta) = relay_flow::encode_delta(&ck, &s.ck)
             {
+                // Named by its base's commit: it applies to nothing else.
+                match relay_flow::apply_delta(&ck, &delta) {
+                    Err(FlowError::DeltaBase { base, held }) if base == s.no && held == t.no => {}
+                    other => {
+                        let other = other.map(|c| c.commit);
+                        self.fail(format!(
+                            "delta from commit {} applied to commit {}: {other:?}, not a DeltaBase error naming both",
+                            s.no, t.no
+                        ));
+                        return;
+                    }
+                }
                 match relay_flow::apply_delta(&s.ck, &delta) {
                     Ok(rebuilt) if rebuilt == ck => self.report.delta_sizes.push(delta.len()),
                     Ok(_) => {
                         self.fail(format!(
-                            "delta for commit {:?} rebuilds another checkpoint",
+                            "delta for commit {} rebuilds another checkpoint",
                             t.no
                         ));
                         return;
                     }
                     Err(e) => {
-                        self.fail(format!("delta for commit {:?} does not apply: {e}", t.no));
+                        self.fail(format!("delta for commit {} does not apply: {e}", t.no));
                         return;
                     }
                 }
             }
             if self.report.samples.len() < 64
-                && (t.no.0 % 7 == 1 || !ck.batches.is_empty() || !ck.partial.is_empty())
+                && (t.no.n % 7 == 1 || !ck.batches.is_empty() || !ck.partial.is_empty())
             {
                 self.report.samples.push(t.bytes.clone());
             }
+            let ck_id = ck.id;
             self.store = Some(Stored {
                 no: t.no,
                 bytes: t.bytes,
@@ -1559,7 +1688,7 @@ impl Sim {
             if let Some(last) = self.chan.to_primary.back() {
                 at = at.max(last.0);
             }
-            self.chan.to_primary.push_back((at, FlowId(1), t.no));
+            self.chan.to_primary.push_back((at, ck_id, t.no));
         }
         while self.chan.to_primary.front().is_some_and(|t| t.0 <= now) {
             let Some((_, id, no)) = self.chan.to_primary.pop_front() else {
@@ -1662,8 +1791,9 @@ impl Sim {
             self.report.commits += self.chan.commits;
             self.report.commit_bytes += self.chan.bytes;
             self.report.max_checkpoint = self.report.max_checkpoint.max(self.chan.max_size);
+            self.dead_highest = self.dead_highest.max(self.chan.highest);
             let seed = self.rng.next_u64();
-            self.chan = Channel::new(self.p.repl_delay, seed);
+            self.chan = Channel::new(self.p.repl_delay, seed, self.p.broken_rule);
             if !self.p.keep_stale {
                 self.packets
                     .retain(|_, p| !matches!(p.link, Link::R2C | Link::R2S));
@@ -1758,7 +1888,7 @@ fn send(
 }
 
 /// Runs one seed and prints a line about it.
-pub fn run_seed(p: Params) -> Result<Report, String> {
+pub fn run_seed(p: Params) -> Result<Report, Failure> {
     let label = format!(
         "seed {} {:?} up {} down {} {:?} kills {:?}",
         p.seed, p.suite, p.up, p.down, p.workload, p.kills
@@ -1776,7 +1906,11 @@ pub fn run_seed(p: Params) -> Result<Report, String> {
             rep.virtual_time,
             started.elapsed()
         ),
-        Err(_) => eprintln!("{label}: FAILED, wall {:?}", started.elapsed()),
+        Err(f) => eprintln!(
+            "{label}: FAILED ({:?}), wall {:?}",
+            f.check,
+            started.elapsed()
+        ),
     }
     r
 }

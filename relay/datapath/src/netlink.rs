@@ -1,4 +1,6 @@
-//! XDP attachment through rtnetlink, the way `ip link set dev X xdp` does it.
+//! rtnetlink requests the relay makes of its own box: XDP attachment (the
+//! way `ip link set dev X xdp` does it) and the addresses a relay takes over
+//! (`ip addr add`).
 //!
 //! An attachment made this way belongs to the interface, not to a file
 //! descriptor of the process: it stays when the relay process dies, however
@@ -9,6 +11,7 @@
 //! traffic.
 
 use std::ffi::CString;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use crate::DeviceError;
@@ -77,18 +80,32 @@ fn annotate(e: DeviceError, what: &str) -> DeviceError {
     }
 }
 
+/// A netlink header for a request of `msg_type` and `total` bytes that asks
+/// for an acknowledgement (`extra_flags` adds e.g. NLM_F_CREATE).
+fn header(m: &mut Vec<u8>, total: usize, msg_type: u16, extra_flags: u16) {
+    // nlmsghdr: length, type, flags, sequence, port id.
+    m.extend_from_slice(&(total as u32).to_ne_bytes());
+    m.extend_from_slice(&msg_type.to_ne_bytes());
+    m.extend_from_slice(
+        &((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16 | extra_flags).to_ne_bytes(),
+    );
+    m.extend_from_slice(&1u32.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+}
+
+fn attr(m: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    m.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(value);
+}
+
 /// The RTM_SETLINK request: ifinfomsg for `index`, then IFLA_XDP with the
 /// program descriptor (-1 detaches) and the mode flags.
 fn request(index: u32, fd: i32, flags: u32) -> Vec<u8> {
     let nested_len = 4 + 8 + 8;
     let total = NLMSG_HDR_LEN + IFINFOMSG_LEN + nested_len;
     let mut m = Vec::with_capacity(total);
-    // nlmsghdr: length, type, flags, sequence, port id.
-    m.extend_from_slice(&(total as u32).to_ne_bytes());
-    m.extend_from_slice(&libc::RTM_SETLINK.to_ne_bytes());
-    m.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
-    m.extend_from_slice(&1u32.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
+    header(&mut m, total, libc::RTM_SETLINK, 0);
     // ifinfomsg: family, pad, type, index, flags, change.
     m.push(libc::AF_UNSPEC as u8);
     m.push(0);
@@ -99,13 +116,39 @@ fn request(index: u32, fd: i32, flags: u32) -> Vec<u8> {
     // IFLA_XDP { IFLA_XDP_FD, IFLA_XDP_FLAGS }.
     m.extend_from_slice(&(nested_len as u16).to_ne_bytes());
     m.extend_from_slice(&(IFLA_XDP | NLA_F_NESTED).to_ne_bytes());
-    m.extend_from_slice(&8u16.to_ne_bytes());
-    m.extend_from_slice(&IFLA_XDP_FD.to_ne_bytes());
-    m.extend_from_slice(&fd.to_ne_bytes());
-    m.extend_from_slice(&8u16.to_ne_bytes());
-    m.extend_from_slice(&IFLA_XDP_FLAGS.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
+    attr(&mut m, IFLA_XDP_FD, &fd.to_ne_bytes());
+    attr(&mut m, IFLA_XDP_FLAGS, &flags.to_ne_bytes());
     m
+}
+
+/// The RTM_NEWADDR request for `addr/32` on interface `index`.
+fn addr_request(index: u32, addr: Ipv4Addr) -> Vec<u8> {
+    const IFADDRMSG_LEN: usize = 8;
+    let total = NLMSG_HDR_LEN + IFADDRMSG_LEN + 8 + 8;
+    let mut m = Vec::with_capacity(total);
+    header(
+        &mut m,
+        total,
+        libc::RTM_NEWADDR,
+        (libc::NLM_F_CREATE | libc::NLM_F_REPLACE) as u16,
+    );
+    // ifaddrmsg: family, prefix length, flags, scope (universe), index.
+    m.push(libc::AF_INET as u8);
+    m.push(32);
+    m.push(0);
+    m.push(libc::RT_SCOPE_UNIVERSE);
+    m.extend_from_slice(&index.to_ne_bytes());
+    attr(&mut m, libc::IFA_LOCAL, &addr.octets());
+    attr(&mut m, libc::IFA_ADDRESS, &addr.octets());
+    m
+}
+
+/// Puts `addr/32` on `ifname` (already there is fine): the box's kernel
+/// then answers ARP for it, within what the steer program allows.
+pub fn add_address(ifname: &str, addr: Ipv4Addr) -> Result<(), DeviceError> {
+    let index = if_index(ifname)?;
+    rtnl(&addr_request(index, addr))
+        .map_err(|e| annotate(e, &format!("adding {addr}/32 to {ifname}")))
 }
 
 /// The kernel's answer to our request: `Ok` for an acknowledgement, the
@@ -123,6 +166,11 @@ fn parse_ack(reply: &[u8]) -> Result<(), i32> {
 }
 
 fn set_xdp(index: u32, fd: i32, flags: u32) -> Result<(), DeviceError> {
+    rtnl(&request(index, fd, flags))
+}
+
+/// Sends one request to the kernel's rtnetlink and waits for its answer.
+fn rtnl(msg: &[u8]) -> Result<(), DeviceError> {
     // SAFETY: plain socket(2); the result is checked before use.
     let raw = unsafe {
         libc::socket(
@@ -136,7 +184,6 @@ fn set_xdp(index: u32, fd: i32, flags: u32) -> Result<(), DeviceError> {
     }
     // SAFETY: `raw` is a descriptor we just opened and own alone.
     let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    let msg = request(index, fd, flags);
     // SAFETY: zeroed sockaddr_nl is valid; port id 0 addresses the kernel.
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -161,7 +208,7 @@ fn set_xdp(index: u32, fd: i32, flags: u32) -> Result<(), DeviceError> {
         return Err(syscall_err("recv(RTM_SETLINK ack)".into()));
     }
     parse_ack(&reply[..got as usize]).map_err(|errno| DeviceError::Syscall {
-        call: "RTM_SETLINK IFLA_XDP".into(),
+        call: "rtnetlink request".into(),
         source: std::io::Error::from_raw_os_error(errno),
     })
 }
