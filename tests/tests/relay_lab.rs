@@ -124,6 +124,14 @@ impl Script {
         }
     }
 
+    /// Kills the script (if still running) and returns what it left.
+    fn stop(mut self) -> Finished {
+        if self.is_running() {
+            self.kill_group();
+        }
+        self.finish(Duration::from_secs(3600))
+    }
+
     fn kill_group(&mut self) {
         let pgid = self.child.id();
         let _ = Command::new("kill")
@@ -641,6 +649,13 @@ fn clients_that_send_shut_down_and_close_leave_no_flow_behind() {
     }
     let status = s.relay.status().expect("status");
     assert!(status.flows_active == 0, "{status:?}");
+    // Each client finished its handshake before it closed: the relay must
+    // finish them too, FIN or not right behind the Finished.
+    assert_eq!(
+        (status.handshakes_full, status.handshakes_failed),
+        (20, 0),
+        "{status:?}"
+    );
 }
 
 /// argv: CA file, VIP. One TLS 1.3 client that asks for 64 MiB, shuts
@@ -666,15 +681,35 @@ fn a_closing_flow_that_stops_moving_ends_at_the_close_timeout() {
     let dir = TempDir(temp_dir(&format!("closeto-{}", s.lab.prefix())));
     let script = dir.0.join("ask_and_stall.py");
     std::fs::write(&script, PYTHON_ASK_AND_STALL).expect("write");
-    let _client = Script::spawn(
+    let client = Script::spawn(
         &s.lab,
         Node::Client,
         &format!("exec python3 {} {} {}", script.display(), s.ca(), addr::VIP),
     );
-    wait_for(Duration::from_secs(60), "the stalled flow to close", || {
+    let closed = wait_for(Duration::from_secs(60), "the stalled flow to close", || {
         (s.metric("relay_flows_closed_total", &[("reason", "close_timeout")]) >= 1.0).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}: flows {:#?}", s.relay.flows()));
+    });
+    if let Err(e) = closed {
+        let reasons: Vec<String> = s
+            .relay
+            .metrics()
+            .map(|m| {
+                m.text
+                    .lines()
+                    .filter(|l| l.starts_with("relay_flows_closed_total") && !l.ends_with(" 0"))
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let client = client.stop();
+        panic!(
+            "{e}: flows {:#?}\nclosed: {reasons:?}\nclient: {}{}\nrelay:\n{}",
+            s.relay.flows(),
+            client.stdout,
+            client.stderr,
+            s.relay.log_tail(40)
+        );
+    }
     wait_for(Duration::from_secs(30), "no flow left", || {
         s.relay.flows().ok().filter(|f| f.is_empty())
     })

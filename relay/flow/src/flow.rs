@@ -1151,8 +1151,15 @@ impl Flow {
             self.front.consume(n);
             self.front_rx_off += n as u64;
         }
-        if self.front_fin && self.hs.is_some() && self.close_reason.is_none() {
-            // The client gave up before finishing its handshake.
+        if self.front_fin
+            && self.hs.is_some()
+            && self.hs_input.is_empty()
+            && self.close_reason.is_none()
+        {
+            // The client closed, and what it sent before its FIN did not
+            // finish the handshake: it gave up. (A client may send its
+            // Finished, a request and its FIN in one burst: that input is
+            // handshaken first.)
             self.front.close();
             self.end(CloseReason::HandshakeFailed);
         }
