@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 pub mod addr;
 pub mod backend;
 pub mod echo;
+pub mod gap;
 pub mod http;
 pub mod load;
 pub mod netns;

@@ -1,7 +1,7 @@
 //! The `relay` binary (package `relay-app`) run inside a lab: a
 //! configuration builder, a process guard that starts `relay run` in the
 //! relay-a namespace and stops it on drop, and the operator's views of it
-//! (`relay status|flows|drain|reload --json`, `/metrics`, its log).
+//! (`relay status|flows|peers|drain|reload --json`, `/metrics`, its log).
 //!
 //! The binary is another package's, so Cargo does not build it for
 //! `cargo test -p relay-lab` (no `CARGO_BIN_EXE_relay`). [`relay_binary`]
@@ -259,7 +259,10 @@ impl RelayConfig {
                 ca: pki.ca.clone(),
                 cert,
                 key,
-                heartbeat: None,
+                // 50 ms x 8: the lab's two cores carry the client, the
+                // backend and both relays; a heartbeat late by a loaded
+                // scheduler must not read as a dead peer (a split brain).
+                heartbeat: Some((50, 8)),
                 peers: vec![(
                     peer.into(),
                     peer_id,
@@ -465,6 +468,56 @@ pub struct Flow {
     pub tls: String,
 }
 
+/// `relay peers --json`: this relay's place in its cluster, and its peers.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Peers {
+    /// Whether the relay has a `[cluster]` section.
+    pub clustered: bool,
+    /// This relay's name.
+    pub relay: String,
+    /// Its `cluster.relay_id`.
+    #[serde(default)]
+    pub relay_id: Option<u16>,
+    /// One per configured peer.
+    pub peers: Vec<Peer>,
+}
+
+/// One peer of [`Peers`].
+#[derive(Clone, Debug, Deserialize)]
+pub struct Peer {
+    /// Its name.
+    pub name: String,
+    /// Its relay id.
+    pub relay_id: u16,
+    /// `connecting`, `up`, `suspect` or `down`.
+    pub state: String,
+    /// Whether a backplane connection is live.
+    pub connected: bool,
+    /// Smoothed heartbeat RTT in microseconds, once measured.
+    #[serde(default)]
+    pub rtt_us: Option<u64>,
+    /// Seconds the live connection has lasted.
+    #[serde(default)]
+    pub connected_secs: Option<u64>,
+    /// Backplane bytes sent to it.
+    pub bytes_sent: u64,
+    /// Backplane bytes received from it.
+    pub bytes_received: u64,
+    /// Its flows held here in standby.
+    pub flows_held: u64,
+    /// Our flows it protects.
+    pub flows_protected: u64,
+    /// Our flows it does not.
+    pub flows_unprotected: u64,
+    /// Replication bytes not yet acknowledged.
+    pub backlog_bytes: u64,
+    /// Replication messages not yet acknowledged.
+    pub backlog_messages: u64,
+    /// Our workers' replication to it (`protected`, `reseeding`, ...).
+    #[serde(default)]
+    pub protection: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 struct Reply {
     ok: bool,
@@ -474,6 +527,8 @@ struct Reply {
     status: Option<Status>,
     #[serde(default)]
     flows: Option<Vec<Flow>>,
+    #[serde(default)]
+    cluster: Option<Peers>,
 }
 
 /// A `/metrics` page in the Prometheus text format.
@@ -668,6 +723,17 @@ impl RelayProcess {
     /// `relay flows --json`.
     pub fn flows(&self) -> Result<Vec<Flow>, LabError> {
         Ok(self.json(&["flows", "--json"])?.flows.unwrap_or_default())
+    }
+
+    /// `relay peers --json`.
+    pub fn peers(&self) -> Result<Peers, LabError> {
+        self.json(&["peers", "--json"])?
+            .cluster
+            .ok_or_else(|| LabError::Failed {
+                cmd: "relay peers --json".into(),
+                status: "no cluster in the reply".into(),
+                stderr: String::new(),
+            })
     }
 
     /// `relay drain`; returns what it printed.

@@ -864,36 +864,266 @@ fn pair_setup(tag: &str) -> (Setup, RelayProcess) {
     (s, b)
 }
 
-#[test]
-fn a_download_survives_the_death_of_its_relay_process() {
-    let (mut s, b) = pair_setup("failproc");
-    let n = 256 * MIB;
-    // Slow enough to be in the middle of it when relay-a dies.
-    let download = s.start_download("--limit-rate 16M", n);
-    wait_for(Duration::from_secs(60), "the download under way", || {
-        (s.relay.status().ok()?.bytes_down > 16 * MIB).then_some(())
+/// How relay-a dies.
+#[derive(Clone, Copy, Debug)]
+enum Death {
+    /// SIGKILL of the process; its box and links stay up.
+    Process,
+    /// SIGKILL and every link of its box down (front, back, backplane).
+    Node,
+}
+
+/// What crosses relay-a's death.
+#[derive(Clone, Copy, Debug)]
+enum Transfer {
+    /// curl downloads `bytes` with this TLS version (`1.2` or `1.3`).
+    Download(&'static str, u64),
+    /// curl uploads `bytes` (TLS 1.3); the backend hashes them.
+    Upload(u64),
+}
+
+/// Where between 10% and 80% of the transfer relay-a dies: different on
+/// every run, printed so that a failing run can be told apart.
+fn kill_point(n: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    n / 10 + (nanos % 70) * (n / 100)
+}
+
+/// The relay pair serves `transfer`; relay-a dies (`death`) part way;
+/// the same connection finishes byte-exact through relay-b, with no reset
+/// seen by the client and no new connection or handshake.
+fn survive(tag: &str, death: Death, transfer: Transfer) {
+    let (mut s, b) = pair_setup(tag);
+    let dir = TempDir(temp_dir(&format!("{tag}-{}", s.lab.prefix())));
+    // What the client sees of resets and FINs on port 443.
+    let pcap = dir.0.join("client.pcap");
+    let capture = Script::spawn(
+        &s.lab,
+        Node::Client,
+        &format!(
+            "exec tcpdump -U -n -i eth0 -w {} 'tcp port 443 and (tcp[tcpflags] & (tcp-rst|tcp-fin) != 0)'",
+            pcap.display()
+        ),
+    );
+    wait_for(Duration::from_secs(30), "tcpdump capturing", || {
+        (std::fs::metadata(&pcap).ok()?.len() >= 24).then_some(())
     })
     .unwrap();
-    s.relay.kill();
-    let killed = Instant::now();
-    wait_for(Duration::from_secs(30), "relay-b to take over", || {
-        b.log_tail(200)
-            .contains("took over the peer's flows and addresses")
-            .then_some(())
+    let ca = s.ca();
+    let report = "-v -w '%{stderr}connects=%{num_connects}\\n'";
+    let (script, n, upload) = match transfer {
+        Transfer::Download(version, n) => (
+            format!(
+                "set -o pipefail; {} | sha256sum | cut -c1-64",
+                s.curl(
+                    &ca,
+                    &format!("--tlsv{version} --tls-max {version} {report}"),
+                    &format!("/bytes/{n}")
+                )
+            ),
+            n,
+            false,
+        ),
+        Transfer::Upload(n) => {
+            let file = dir.0.join("upload.bin");
+            write_pattern_file(&file, n);
+            (
+                s.curl(
+                    &ca,
+                    &format!("-H 'Expect:' -T {} {report}", file.display()),
+                    "/upload",
+                ),
+                n,
+                true,
+            )
+        }
+    };
+    let point = kill_point(n);
+    let started = Instant::now();
+    let run = Script::spawn(&s.lab, Node::Client, &script);
+    wait_for(Duration::from_secs(120), "the transfer under way", || {
+        let st = s.relay.status().ok()?;
+        let moved = if upload { st.bytes_up } else { st.bytes_down };
+        (moved >= point).then_some(())
     })
-    .unwrap_or_else(|e| panic!("{e}\nrelay-b:\n{}", b.log_tail(60)));
-    eprintln!(
-        "relay-b took over {:.0} ms after the kill",
-        killed.elapsed().as_secs_f64() * 1e3
+    .unwrap_or_else(|e| panic!("{e}\nrelay-a:\n{}", s.relay.log_tail(30)));
+    s.relay.kill();
+    if let Death::Node = death {
+        for ifname in ["front", "back", "bp0"] {
+            s.lab
+                .exec(Node::RelayA, "ip", &["link", "set", "dev", ifname, "down"])
+                .expect("link down");
+        }
+    }
+    let killed = started.elapsed();
+    let done = run.finish(Duration::from_secs(300));
+    assert!(
+        done.ok(),
+        "{tag}: curl failed ({}): {}\nrelay-b:\n{}",
+        done.status,
+        done.stderr
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        b.log_tail(40)
     );
-    s.check_download(
-        download,
-        n,
-        Duration::from_secs(180),
-        "download across relay-a's death",
+    let expected = if upload {
+        format!("{} {n}", pattern_sha256(n))
+    } else {
+        pattern_sha256(n)
+    };
+    assert_eq!(done.stdout.trim(), expected, "{tag}: not byte-exact");
+    assert!(
+        done.stderr.contains("connects=1"),
+        "{tag}: one connection: {}",
+        done.stderr
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    if let Transfer::Download(version, _) = transfer {
+        assert!(
+            done.stderr
+                .contains(&format!("SSL connection using TLSv{version}")),
+            "{tag}: TLS version"
+        );
+    }
+    // The close of the connection (a FIN from the VIP) is in the capture:
+    // everything before it is too.
+    let vip = format!("{}.{} >", addr::VIP, addr::VIP_PORT);
+    let lines = wait_for(
+        Duration::from_secs(30),
+        "the connection's close in the capture",
+        || {
+            let out = s
+                .lab
+                .exec(
+                    Node::Client,
+                    "tcpdump",
+                    &["-n", "-r", &pcap.to_string_lossy()],
+                )
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.lines()
+                .any(|l| l.contains(&vip) && l.contains("Flags [F"))
+                .then_some(text)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    drop(capture.stop());
+    // curl itself may end with a RST (it closes without reading our
+    // close_notify); what must not be there is a RST from the VIP.
+    let resets: Vec<&str> = lines
+        .lines()
+        .filter(|l| l.contains(&vip) && l.contains("Flags [R"))
+        .collect();
+    assert!(
+        resets.is_empty(),
+        "{tag}: resets reached the client: {resets:?}"
     );
     let status = b.status().expect("relay-b status");
-    eprintln!("relay-b: {status:?}");
+    assert_eq!(
+        (
+            status.flows_opened,
+            status.handshakes_full,
+            status.handshakes_resumed
+        ),
+        (0, 0, 0),
+        "{tag}: relay-b carried the old connection, it opened none: {status:?}"
+    );
+    let moved = if upload {
+        status.bytes_up
+    } else {
+        status.bytes_down
+    };
+    assert!(moved > 0, "{tag}: relay-b carried no byte: {status:?}");
+    let takeover = b
+        .log_tail(400)
+        .lines()
+        .find(|l| l.contains("took over the peer's flows"))
+        .unwrap_or("")
+        .to_string();
+    eprintln!(
+        "{tag}: {death:?} death of relay-a at byte {point} of {n} ({:.1} s in); \
+         byte-exact through relay-b, which carried {moved} bytes; {}",
+        killed.as_secs_f64(),
+        takeover.split("took over").nth(1).unwrap_or("")
+    );
+}
+
+#[test]
+#[ignore = "known failing: about a quarter of 1000 flows stall after adoption (lab-load read timeouts); see the issue 10 notes"]
+fn a_thousand_flows_mid_transfer_survive_the_death_of_their_relay() {
+    let (mut s, b) = pair_setup("thousandfail");
+    let load = Script::spawn(
+        &s.lab,
+        Node::Client,
+        &format!(
+            "{} --connect {}:443 --sni {SERVER_NAME} --ca {} \
+             --connections 1000 --bytes {} --timeout 120",
+            env!("CARGO_BIN_EXE_lab-load"),
+            addr::VIP,
+            s.ca(),
+            MIB
+        ),
+    );
+    let point = kill_point(1000 * MIB);
+    wait_for(
+        Duration::from_secs(240),
+        "the thousand transfers under way",
+        || (s.relay.status().ok()?.bytes_down >= point).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\nrelay-a:\n{}", s.relay.log_tail(30)));
+    let alive = s.relay.status().map(|st| st.flows_active).unwrap_or(0);
+    s.relay.kill();
+    let done = load.finish(Duration::from_secs(400));
+    eprint!("lab-load: {}{}", done.stdout, done.stderr);
+    assert!(
+        done.ok() && done.stdout.contains("connections=1000 ok=1000 failed=0"),
+        "lab-load across the death ({}):\n{}\nrelay-b:\n{}",
+        done.status,
+        done.stdout.lines().take(20).collect::<Vec<_>>().join("\n"),
+        b.log_tail(30)
+    );
+    let status = b.status().expect("relay-b status");
+    assert_eq!(status.flows_opened, 0, "no new flow on relay-b: {status:?}");
+    let adopted = b
+        .metrics()
+        .expect("relay-b metrics")
+        .sum("relay_flows_adopted_total", &[]);
+    let takeover = b
+        .log_tail(400)
+        .lines()
+        .find(|l| l.contains("took over the peer's flows"))
+        .unwrap_or("")
+        .to_string();
+    eprintln!(
+        "thousand: relay-a died at byte {point} with {alive} flows open; relay-b adopted {adopted} and carried {} bytes; {}",
+        status.bytes_down,
+        takeover.split("took over").nth(1).unwrap_or("")
+    );
+    assert!(adopted >= 1.0, "relay-b adopted nothing");
+}
+
+#[test]
+fn a_tls13_download_survives_the_death_of_its_relay_process() {
+    survive("dl13proc", Death::Process, Transfer::Download("1.3", GIB));
+}
+
+#[test]
+fn a_tls12_download_survives_the_death_of_its_relay_node() {
+    survive("dl12node", Death::Node, Transfer::Download("1.2", GIB));
+}
+
+#[test]
+fn an_upload_survives_the_death_of_its_relay_node() {
+    survive("upnode", Death::Node, Transfer::Upload(256 * MIB));
 }
 
 const PYTHON_RESUME: &str = r#"
@@ -935,13 +1165,14 @@ fn lab_load_holds_1000_connections_each_moving_1_mib() {
         Node::Client,
         &format!(
             "{} --connect {}:443 --sni {SERVER_NAME} --ca {} \
-             --connections 1000 --bytes {} --timeout 120",
+             --connections 1000 --bytes {} --timeout 300",
             env!("CARGO_BIN_EXE_lab-load"),
             addr::VIP,
             s.ca(),
             MIB
         ),
-        Duration::from_secs(300),
+        // A thousand TLS clients on two shared cores: minutes when busy.
+        Duration::from_secs(900),
     );
     eprint!("lab-load: {}{}", done.stdout, done.stderr);
     assert!(
@@ -1606,4 +1837,134 @@ fn a_resetting_backend_fails_curl_cleanly() {
         Duration::from_secs(120),
         "download beside the resets",
     );
+}
+
+// ---------------------------------------------------------------------------
+// The operator's view of a relay pair
+
+#[test]
+fn relay_peers_and_the_metrics_show_the_pair() {
+    let (s, b) = pair_setup("peers");
+    let a = &s.relay;
+    // Each sees the other up, with a measured RTT, over a live connection;
+    // with `protected`, our worker's replication to it is protected too
+    // (checked for relay-a, whose flow the test replicates below).
+    let see = |from: &RelayProcess, me: &str, other: &str, id: u16, protected: bool| {
+        let (p, line) = wait_for(
+            Duration::from_secs(30),
+            &format!("{me} to list {other} up with an RTT"),
+            || {
+                let p = from.peers().ok()?;
+                let line = p.peers.iter().find(|l| l.name == other)?.clone();
+                (p.clustered
+                    && line.state == "up"
+                    && line.connected
+                    && line.rtt_us.is_some()
+                    && (!protected || line.protection.as_deref() == Some("protected")))
+                .then_some((p, line))
+            },
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\n{me} peers: {:?}\nits log:\n{}",
+                from.peers(),
+                from.log_tail(40)
+            )
+        });
+        assert_eq!(p.relay, me);
+        assert_eq!((p.relay_id, line.relay_id), (Some(3 - id), id));
+        assert!(line.bytes_sent > 0 && line.bytes_received > 0, "{line:?}");
+        eprintln!("{me}: {line:?}");
+        line
+    };
+    let b_seen_by_a = see(a, "relay-a", "relay-b", 2, true);
+    let a_seen_by_b = see(&b, "relay-b", "relay-a", 1, false);
+    assert_eq!((b_seen_by_a.flows_held, a_seen_by_b.flows_held), (0, 0));
+
+    // The human table names the peer and its state.
+    let human =
+        String::from_utf8_lossy(&a.cli(&["peers"]).expect("relay peers").stdout).into_owned();
+    eprint!("relay peers on relay-a:\n{human}");
+    assert!(human.starts_with("relay-a (relay 1): 1 peer\n"), "{human}");
+    let row = human
+        .lines()
+        .find(|l| l.starts_with("relay-b"))
+        .unwrap_or_else(|| panic!("no relay-b row: {human}"));
+    assert!(row.split_whitespace().nth(2) == Some("up"), "{row}");
+
+    // /metrics on both sides.
+    let scrape_up = |from: &RelayProcess, other: &str| {
+        wait_for(
+            Duration::from_secs(30),
+            &format!("relay_peer_up{{peer=\"{other}\"}} 1"),
+            || {
+                let m = from.metrics().ok()?;
+                (m.sum("relay_peer_up", &[("peer", other)]) == 1.0).then_some(m)
+            },
+        )
+        .unwrap()
+    };
+    let m = scrape_up(a, "relay-b");
+    assert!(
+        m.text.contains("relay_peer_up{peer=\"relay-b\"} 1\n"),
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.sum("relay_peer_state", &[("peer", "relay-b"), ("state", "up")]),
+        1.0
+    );
+    let rtt = m.sum("relay_backplane_rtt_seconds", &[("peer", "relay-b")]);
+    assert!(rtt > 0.0 && rtt < 1.0, "rtt {rtt}");
+    assert!(
+        m.sum(
+            "relay_backplane_bytes_total",
+            &[("peer", "relay-b"), ("direction", "sent")]
+        ) > 0.0
+    );
+    for name in [
+        "relay_backplane_connections_refused_total",
+        "relay_replication_backlog_bytes",
+        "relay_flows_unprotected",
+        "relay_failovers_total",
+        "relay_failover_seconds_count",
+    ] {
+        assert!(
+            m.text.lines().any(|l| l.starts_with(name)),
+            "{name} missing from relay-a's /metrics"
+        );
+    }
+    scrape_up(&b, "relay-a");
+
+    // A flow on relay-a (an upload the test holds open): protected by
+    // relay-b and held there in standby; once it ends, nothing is left in
+    // the backlog or the standby.
+    let dir = TempDir(temp_dir(&format!("peers-{}", s.lab.prefix())));
+    let upload = HeldUpload::start(&s, &dir.0, 4 * MIB);
+    let (mine, theirs) = wait_for(
+        Duration::from_secs(60),
+        "the upload protected by relay-b and held there",
+        || {
+            let mine = a.peers().ok()?.peers.into_iter().next()?;
+            let theirs = b.peers().ok()?.peers.into_iter().next()?;
+            (mine.flows_protected >= 1 && theirs.flows_held >= 1).then_some((mine, theirs))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\nrelay-a: {:?}\nrelay-b: {:?}", a.peers(), b.peers()));
+    eprintln!("during the upload:\n  relay-a: {mine:?}\n  relay-b: {theirs:?}");
+    upload.finish(&s, "upload through a protected relay");
+    wait_for(
+        Duration::from_secs(30),
+        "the backlog and the standby empty after the flow",
+        || {
+            let mine = a.peers().ok()?.peers.into_iter().next()?;
+            let held = b.peers().ok()?.peers.into_iter().next()?;
+            (mine.flows_protected == 0
+                && mine.backlog_messages == 0
+                && mine.backlog_bytes == 0
+                && held.flows_held == 0)
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\nrelay-a: {:?}\nrelay-b: {:?}", a.peers(), b.peers()));
 }

@@ -221,6 +221,7 @@ fn lab(action: LabAction, prefix: &str) -> Result<()> {
 }
 
 fn demo(bytes: u64) -> Result<()> {
+    use relay_lab::relay::{RelayConfig, RelayProcess};
     use relay_lab::{Node, peers, pki};
     setup()?;
     step("building the relay and the lab's backend");
@@ -228,133 +229,133 @@ fn demo(bytes: u64) -> Result<()> {
         "cargo",
         &["build", "-p", "relay-app", "-p", "relay-lab", "--bins"],
     )?;
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .context("xtask's directory")?
-        .to_path_buf();
-    let relay = bin_dir.join("relay");
-    let backend_bin = bin_dir.join("lab-backend");
     step("building the lab (prefix \"demo\")");
     let lab = Lab::up("demo").context("building the lab")?;
     let pki = pki::TestPki::generate(pki::KeyKind::EcdsaP256)?;
+    let backend_bin = relay_lab::peers::sibling_binary("lab-backend")
+        .context("lab-backend next to xtask (cargo build -p relay-lab --bins)")?;
     let backend_addr = format!("{}:8080", addr::BACKEND);
-    let backend =
-        peers::BackendServer::spawn_in(&lab, Node::Backend, &backend_bin, &backend_addr, &[])?;
-    println!("    backend: lab-backend on {backend_addr} (plain HTTP, GET /bytes/N)");
-    let sock = pki.dir().join("relay.sock");
-    let conf = pki.dir().join("relay.toml");
-    let admin = format!("{}:9100", addr::RELAY_A_FRONT);
-    std::fs::write(
-        &conf,
-        format!(
-            "name = \"relay-a\"\nadmin_addr = \"{admin}\"\ncontrol_socket = \"{sock}\"\n\n\
-             [front]\ninterface = \"front\"\n\n\
-             [back]\ninterface = \"back\"\naddress = \"{back}\"\nports = \"{first}-{last}\"\n\n\
-             [[service]]\nname = \"web\"\nvip = \"{vip}\"\nalpn = [\"http/1.1\"]\nbackends = [\"{backend_addr}\"]\n\n\
-             [[service.certificate]]\ncert = \"{cert}\"\nkey = \"{key}\"\nserver_names = [\"{name}\"]\n",
-            sock = sock.display(),
-            back = addr::BACK_SHARED,
-            first = addr::BACK_PORT_FIRST,
-            last = addr::BACK_PORT_LAST,
-            vip = addr::VIP,
-            cert = pki.cert_chain.display(),
-            key = pki.key.display(),
-            name = pki::SERVER_NAME,
-        ),
+    let backend = peers::BackendServer::spawn_in(
+        &lab,
+        Node::Backend,
+        &backend_bin,
+        &backend_addr,
+        &["--idle-timeout", "600"],
     )?;
-    step("starting the relay in relay-a (XDP on front and back, AF_XDP sockets, TLS termination)");
-    let relay_s = relay.to_string_lossy().into_owned();
-    let conf_s = conf.to_string_lossy().into_owned();
-    let sock_s = sock.to_string_lossy().into_owned();
-    let mut relay_proc = lab.spawn(Node::RelayA, &relay_s, &["run", "--config", &conf_s])?;
-    let started = relay_lab::wait_for(
-        Duration::from_secs(30),
-        "the relay's control socket",
-        || relay_lab::run(&relay_s, &["--control", &sock_s, "status"]).ok(),
-    );
-    if let Err(e) = started {
-        let _ = relay_proc.kill();
-        let out = relay_proc.wait_with_output()?;
-        bail!("{e}\n{}", String::from_utf8_lossy(&out.stderr));
-    }
+    println!("    backend: lab-backend on {backend_addr} (plain HTTP, GET /bytes/N)");
+
+    step("starting the relay pair: relay-a serves the VIP, relay-b stands by over the backplane");
+    let a_config = RelayConfig::pair_member(&pki, Node::RelayA)?;
+    let b_config = RelayConfig::pair_member(&pki, Node::RelayB)?;
+    let mut relay_a = RelayProcess::start_on(&lab, Node::RelayA, &a_config)?;
+    let relay_b = RelayProcess::start_on(&lab, Node::RelayB, &b_config)?;
+    relay_lab::wait_for(Duration::from_secs(30), "relay-b to see relay-a", || {
+        relay_b.log_tail(200).contains("peer up").then_some(())
+    })?;
     println!(
-        "    relay-a serves https://{}:{} with the VIP {}",
+        "    relay-a (pid {}) serves https://{}:{} on the VIP {}; relay-b (pid {}) holds its flows' checkpoints",
+        relay_a.pid(),
         pki::SERVER_NAME,
         addr::VIP_PORT,
-        addr::VIP
+        addr::VIP,
+        relay_b.pid()
     );
+
     step(&format!(
-        "curl in the client namespace downloads {bytes} bytes over TLS through the VIP"
+        "curl downloads {bytes} bytes through the VIP; relay-a is killed (SIGKILL) part way"
     ));
+    let pcap = pki.dir().join("client.pcap");
+    let mut capture = lab.spawn(
+        Node::Client,
+        "tcpdump",
+        &[
+            "-U",
+            "-s",
+            "96",
+            "-n",
+            "-i",
+            "eth0",
+            "-w",
+            &pcap.to_string_lossy(),
+            "tcp port 443",
+        ],
+    )?;
+    relay_lab::wait_for(Duration::from_secs(30), "tcpdump capturing", || {
+        (std::fs::metadata(&pcap).ok()?.len() >= 24).then_some(())
+    })?;
     let expected = peers::pattern_sha256(bytes);
     let t0 = Instant::now();
     let cmd = format!(
-        "set -o pipefail; curl -sS --fail --cacert {ca} --resolve {name}:443:{vip} https://{name}/bytes/{bytes} | sha256sum",
+        "set -o pipefail; curl -sS --fail --cacert {ca} --resolve {name}:443:{vip} \
+         -w '%{{stderr}}connects=%{{num_connects}}\\n' https://{name}/bytes/{bytes} | sha256sum",
         ca = pki.ca.display(),
         name = pki::SERVER_NAME,
         vip = addr::VIP,
     );
-    let out = lab.exec(Node::Client, "bash", &["-c", &cmd]);
+    let curl = lab.spawn(Node::Client, "bash", &["-c", &cmd])?;
+    let kill_at = bytes * 2 / 5;
+    let mut shown = 0;
+    relay_lab::wait_for(Duration::from_secs(300), "the download under way", || {
+        let moved = relay_a.status().ok()?.bytes_down;
+        if moved >= shown + bytes / 10 {
+            shown = moved;
+            println!("    relay-a has relayed {} MB", moved / 1_000_000);
+        }
+        (moved >= kill_at).then_some(())
+    })?;
+    let killed_after = t0.elapsed();
+    relay_a.kill();
+    println!(
+        "    relay-a killed {:.1} s into the download (its box and links stay up)",
+        killed_after.as_secs_f64()
+    );
+    let out = curl.wait_with_output()?;
     let secs = t0.elapsed().as_secs_f64();
-    let got = match &out {
-        Ok(o) => String::from_utf8_lossy(&o.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .to_string(),
-        Err(e) => format!("(curl failed: {e})"),
-    };
-    let exact = got == expected;
+    let got = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let exact = out.status.success() && got == expected;
+    let _ = relay_lab::run("kill", &["-TERM", &capture.id().to_string()]);
+    let _ = capture.wait();
     println!("    expected sha256 {expected}");
     println!("    received sha256 {got}");
     println!(
-        "    byte-exact: {}   ({bytes} bytes in {secs:.2} s, {:.1} MB/s)",
+        "    byte-exact: {}   ({bytes} bytes in {secs:.2} s, {:.1} MB/s; {})",
         if exact { "yes" } else { "NO" },
-        bytes as f64 / secs / 1e6
+        bytes as f64 / secs / 1e6,
+        stderr.trim()
     );
-    step("relay status");
-    if let Ok(o) = relay_lab::run(&relay_s, &["--control", &sock_s, "status"]) {
-        for line in String::from_utf8_lossy(&o.stdout).lines() {
-            println!("    {line}");
+
+    step("failover");
+    for line in relay_b.log_tail(400).lines() {
+        if line.contains("took over the peer's flows") || line.contains("peer up") {
+            println!(
+                "    relay-b: {}",
+                line.split("INFO ").nth(1).unwrap_or(line)
+            );
         }
     }
-    step(&format!("metrics excerpt (http://{admin}/metrics)"));
-    if let Ok(o) = lab.exec(
-        Node::Client,
-        "curl",
-        &["-s", &format!("http://{admin}/metrics")],
-    ) {
-        let text = String::from_utf8_lossy(&o.stdout).into_owned();
-        let wanted = [
-            "relay_flows_opened_total",
-            "relay_flows_closed_total",
-            "relay_handshakes_total",
-            "relay_bytes_total",
-            "relay_records_total",
-            "relay_commits_total",
-            "relay_commit_latency_seconds_count",
-            "relay_tcp_retransmits_total",
-            "relay_xdp_verdicts_total",
-            "relay_backend_up",
-        ];
-        for line in text.lines() {
-            if !line.starts_with('#')
-                && wanted.iter().any(|w| line.starts_with(w))
-                && !line.ends_with(" 0")
-            {
-                println!("    {line}");
-            }
-        }
+    if let Ok(Some((gap, _))) = relay_lab::gap::largest_gap(&lab, Node::Client, &pcap) {
+        println!(
+            "    failover gap at the client: {:.0} ms without a byte from the VIP",
+            gap * 1e3
+        );
     }
-    step("stopping the relay (SIGTERM: drain, then exit), lab down");
-    let _ = relay_lab::run("kill", &["-TERM", &relay_proc.id().to_string()]);
-    let exited = relay_lab::wait_for(Duration::from_secs(15), "relay exit", || {
-        relay_proc.try_wait().ok().flatten()
-    });
-    if exited.is_err() {
-        let _ = relay_proc.kill();
-        let _ = relay_proc.wait();
+    if let Ok(status) = relay_b.status() {
+        println!(
+            "    relay-b relayed {} MB of the download; it opened {} new flows and did {} handshakes",
+            status.bytes_down / 1_000_000,
+            status.flows_opened,
+            status.handshakes_full + status.handshakes_resumed
+        );
     }
+
+    step("lab down");
+    drop(relay_b);
+    drop(relay_a);
     drop(backend);
     drop(lab);
     if !exact {

@@ -4,6 +4,7 @@
 //! relay run --config FILE [--check]
 //! relay status [--json]
 //! relay flows [--json]
+//! relay peers [--json]
 //! relay drain
 //! relay reload
 //! ```
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use relay_control::config::{Config, DEFAULT_CONTROL_SOCKET, XdpMode};
 
-use crate::control::{FlowLine, ReloadReply, StatusReply};
+use crate::control::{FlowLine, PeersReply, ReloadReply, StatusReply};
 
 /// The `relay` command line.
 #[derive(Debug, Parser)]
@@ -59,6 +60,13 @@ pub enum Command {
     },
     /// List the running relay's flows.
     Flows {
+        /// Print the relay's JSON reply as it is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the relay pair: each peer's state, RTT, backplane traffic,
+    /// the flows held for it, and how well it protects ours.
+    Peers {
         /// Print the relay's JSON reply as it is.
         #[arg(long)]
         json: bool,
@@ -240,6 +248,96 @@ pub fn format_flows(flows: &[FlowLine]) -> String {
     out
 }
 
+/// A round-trip time in microseconds as milliseconds: `"0.18 ms"`,
+/// `"2.35 ms"`, `"42 ms"`.
+pub fn human_rtt(us: u64) -> String {
+    let ms = us as f64 / 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else {
+        format!("{ms:.0} ms")
+    }
+}
+
+/// What a peer line's `protection` means, for a person.
+fn protection_words(p: &str) -> &str {
+    match p {
+        "protected" => "protected",
+        "reseeding" => "re-seeding (sending full checkpoints after a reconnection)",
+        "unprotected_peer_down" => "unprotected: the peer is unreachable, commits are local",
+        "unprotected_queue_full" => {
+            "unprotected: the peer or the backplane is too slow (queue full), commits are local"
+        }
+        other => other,
+    }
+}
+
+/// `relay peers`: who this relay is, then one line a peer; a relay
+/// without `[cluster]` says it has none.
+pub fn format_peers(r: &PeersReply) -> String {
+    if !r.clustered {
+        return format!(
+            "{} has no [cluster] section: no peers (every commit is local)\n",
+            r.relay
+        );
+    }
+    let n = r.peers.len();
+    let mut out = format!(
+        "{}{}: {n} peer{}\n",
+        r.relay,
+        r.relay_id
+            .map_or_else(String::new, |id| format!(" (relay {id})")),
+        if n == 1 { "" } else { "s" }
+    );
+    if n == 0 {
+        return out;
+    }
+    out.push('\n');
+    let mut rows = vec![vec![
+        "PEER".to_string(),
+        "ID".into(),
+        "STATE".into(),
+        "RTT".into(),
+        "CONNECTED".into(),
+        "SENT".into(),
+        "RECEIVED".into(),
+        "HELD".into(),
+        "PROTECTED".into(),
+        "UNPROTECTED".into(),
+        "BACKLOG".into(),
+    ]];
+    rows.extend(r.peers.iter().map(|p| {
+        vec![
+            p.name.clone(),
+            p.relay_id.to_string(),
+            p.state.clone(),
+            p.rtt_us.map_or_else(|| "-".into(), human_rtt),
+            p.connected_secs.map_or_else(|| "-".into(), human_duration),
+            human_bytes(p.bytes_sent),
+            human_bytes(p.bytes_received),
+            p.flows_held.to_string(),
+            p.flows_protected.to_string(),
+            p.flows_unprotected.to_string(),
+            format!(
+                "{} / {} msg{}",
+                human_bytes(p.backlog_bytes),
+                p.backlog_messages,
+                if p.backlog_messages == 1 { "" } else { "s" }
+            ),
+        ]
+    }));
+    let right = [
+        false, true, false, true, true, true, true, true, true, true, true,
+    ];
+    out.push_str(&table(&rows, &right));
+    for p in &r.peers {
+        if let Some(prot) = p.protection.as_deref().filter(|&x| x != "protected") {
+            let _ = writeln!(out, "{}: replication {}", p.name, protection_words(prot));
+        }
+    }
+    out
+}
+
 /// `relay reload`: what was loaded and what changed.
 pub fn format_reload(r: &ReloadReply) -> String {
     let mut out = format!(
@@ -298,7 +396,7 @@ pub fn config_summary(c: &Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{BackendLine, RelayState};
+    use crate::control::{BackendLine, PeerLine, RelayState};
     use clap::CommandFactory;
     use std::path::Path;
 
@@ -330,6 +428,11 @@ mod tests {
         assert_eq!(cli.command, Command::Flows { json: false });
         assert_eq!(cli.control.as_deref(), Some(Path::new("/tmp/r.sock")));
         assert_eq!(parse(&["drain"]).command, Command::Drain);
+        assert_eq!(parse(&["peers"]).command, Command::Peers { json: false });
+        assert_eq!(
+            parse(&["peers", "--json"]).command,
+            Command::Peers { json: true }
+        );
         assert_eq!(parse(&["reload"]).command, Command::Reload);
         for bad in [
             &["run"][..],
@@ -468,6 +571,80 @@ ID  CLIENT -> BACKEND                     STATE           UP     DOWN    AGE  TL
             ..r
         };
         assert_eq!(format_reload(&r), "reloaded: 1 certificate, 3 backends\n");
+    }
+
+    fn peer_line() -> PeerLine {
+        PeerLine {
+            name: "relay-b".into(),
+            relay_id: 2,
+            address: "10.200.9.2:7000".parse().unwrap(),
+            state: "up".into(),
+            connected: true,
+            rtt_us: Some(180),
+            connected_secs: Some(65),
+            connections: 1,
+            bytes_sent: 5 << 20,
+            bytes_received: 1536,
+            flows_held: 0,
+            standby_bytes: 0,
+            flows_protected: 12,
+            flows_unprotected: 0,
+            backlog_bytes: 512,
+            backlog_messages: 2,
+            protection: Some("protected".into()),
+        }
+    }
+
+    #[test]
+    fn peers_are_one_line_each() {
+        let reply = PeersReply {
+            clustered: true,
+            relay: "relay-a".into(),
+            relay_id: Some(1),
+            peers: vec![
+                peer_line(),
+                PeerLine {
+                    name: "relay-c".into(),
+                    relay_id: 3,
+                    state: "down".into(),
+                    connected: false,
+                    rtt_us: None,
+                    connected_secs: None,
+                    bytes_sent: 0,
+                    bytes_received: 0,
+                    flows_held: 140,
+                    flows_protected: 0,
+                    flows_unprotected: 12,
+                    backlog_bytes: 0,
+                    backlog_messages: 1,
+                    protection: Some("unprotected_peer_down".into()),
+                    ..peer_line()
+                },
+            ],
+        };
+        let text = format_peers(&reply);
+        let expected = "\
+relay-a (relay 1): 2 peers
+
+PEER     ID  STATE      RTT  CONNECTED     SENT  RECEIVED  HELD  PROTECTED  UNPROTECTED         BACKLOG
+relay-b   2  up     0.18 ms      1m05s  5.0 MiB   1.5 KiB     0         12            0  512 B / 2 msgs
+relay-c   3  down         -          -      0 B       0 B   140          0           12     0 B / 1 msg
+relay-c: replication unprotected: the peer is unreachable, commits are local
+";
+        assert_eq!(text, expected, "\n{text}");
+        let alone = PeersReply {
+            clustered: false,
+            relay_id: None,
+            peers: vec![],
+            ..reply
+        };
+        assert_eq!(
+            format_peers(&alone),
+            "relay-a has no [cluster] section: no peers (every commit is local)\n"
+        );
+        assert_eq!(human_rtt(180), "0.18 ms");
+        assert_eq!(human_rtt(2345), "2.35 ms");
+        assert_eq!(human_rtt(42_400), "42 ms");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use relay_control::config::Config;
 use relay_datapath::{SteerProgram, garp, neighbour, netlink};
 use relay_flow::{FlowCheckpoint, apply_delta};
 use relay_replication::{Outbox, OutboxConfig, PeerConfig, RelayId};
-use relay_worker::{Adoption, Replication, Shared, Worker};
+use relay_worker::{AdoptCommand, Adoption, Replication, Shared, Worker};
 
 /// Which of the relay's addresses it serves now, and which it stands by for.
 #[derive(Debug, Clone)]
@@ -79,6 +79,14 @@ impl Drop for ClusterRuntime {
     }
 }
 
+/// How long the dead relay may have kept sending after a flow's last
+/// checkpoint reached us: the adopter's TCP timestamps start that far
+/// ahead, so that none is below one the old relay sent (the client would
+/// drop it, RFC 7323 PAWS). A flow may be idle for long after its last
+/// commit, so this is generous; a timestamp clock that jumps forward costs
+/// nothing.
+const OLD_OWNER_RAN_AT_MOST: Duration = Duration::from_secs(600);
+
 /// The standby rebuilds a peer's full checkpoint from each delta with the
 /// flow layer's own codec.
 fn rebuild(base: &[u8], delta: &[u8]) -> Result<Vec<u8>, String> {
@@ -129,7 +137,7 @@ pub fn start(
         outbox,
         port,
     });
-    let (adopt_tx, adopt_rx) = mpsc::channel::<Vec<Adoption>>();
+    let (adopt_tx, adopt_rx) = mpsc::channel::<AdoptCommand>();
     worker.accept_adoptions(adopt_rx);
     let waker = worker.waker();
     let handle = backplane.handle.clone();
@@ -153,19 +161,28 @@ pub fn start(
             .name("relay-failover".into())
             .spawn(move || {
                 let mut takeover = takeover;
+                // Only a peer that was up can die: one that never came up
+                // (it starts after us) has no flows and no addresses to take.
+                let mut was_up = std::collections::HashSet::new();
                 while !stop.load(Ordering::Relaxed) {
                     let Ok(event) = events.recv_timeout(Duration::from_millis(200)) else {
                         continue;
                     };
                     match event {
+                        BackplaneEvent::PeerDown(peer) if !was_up.remove(&peer) => {
+                            tracing::info!(peer, "peer not up yet");
+                        }
                         BackplaneEvent::PeerDown(peer) => {
+                            // relay_failover_seconds: from PeerDown to the
+                            // addresses announced (fail_over's total_ms).
+                            let down_at = Instant::now();
                             let name = peer_names.get(&peer).cloned().unwrap_or_default();
                             let vips: Vec<Ipv4Addr> = owners
                                 .iter()
                                 .filter(|(_, o)| *o == name)
                                 .map(|(v, _)| *v)
                                 .collect();
-                            if let Err(e) = fail_over(
+                            match fail_over(
                                 &handle,
                                 peer,
                                 &name,
@@ -175,10 +192,18 @@ pub fn start(
                                 &waker,
                                 &mut takeover,
                             ) {
-                                tracing::error!(peer = %name, error = %e, "failover failed");
+                                Ok(()) => {
+                                    let m = &takeover.shared.metrics;
+                                    m.failovers.inc();
+                                    m.failover_seconds.observe(down_at.elapsed().as_secs_f64());
+                                }
+                                Err(e) => {
+                                    tracing::error!(peer = %name, error = %e, "failover failed");
+                                }
                             }
                         }
                         BackplaneEvent::PeerUp(peer) => {
+                            was_up.insert(peer);
                             tracing::info!(peer, "peer up");
                         }
                         BackplaneEvent::Connected { peer, outbound } => {
@@ -210,7 +235,7 @@ fn fail_over(
     name: &str,
     vips: &[Ipv4Addr],
     back_addr: Ipv4Addr,
-    adopt_tx: &mpsc::Sender<Vec<Adoption>>,
+    adopt_tx: &mpsc::Sender<AdoptCommand>,
     waker: &Arc<dyn Fn() + Send + Sync>,
     t: &mut Takeover,
 ) -> anyhow::Result<()> {
@@ -237,15 +262,14 @@ fn fail_over(
         let backend_mac = resolve(*checkpoint.back.tuple.remote.ip());
         batch.push(Adoption {
             checkpoint,
-            // The peer ran at most until membership gave up on it.
-            elapsed: started.elapsed() + Duration::from_millis(200),
+            elapsed: OLD_OWNER_RAN_AT_MOST,
             client_mac,
             backend_mac,
         });
     }
     let n = batch.len() as u64;
     let before = t.shared.metrics.flows_adopted.get();
-    if adopt_tx.send(batch).is_err() {
+    if adopt_tx.send(AdoptCommand::Adopt(batch)).is_err() {
         bail!("the worker is gone");
     }
     waker();
@@ -271,6 +295,11 @@ fn fail_over(
     netlink::add_address(&t.back.0, back_addr)?;
     garp::announce(&t.front.0, t.front.1, vips)?;
     garp::announce(&t.back.0, t.back.1, &[back_addr])?;
+    // The nudges sent at adoption may have gone to the dead relay's MAC:
+    // again, now that the neighbour caches name ours.
+    if adopt_tx.send(AdoptCommand::Nudge).is_ok() {
+        waker();
+    }
     tracing::info!(
         peer = %name,
         flows = n,

@@ -7,6 +7,8 @@
 //! <- {"ok":true,"status":{"version":"0.1.0","uptime_secs":12,...}}
 //! -> {"cmd":"flows"}
 //! <- {"ok":true,"flows":[{"id":1,"client":"10.200.1.2:51234",...}]}
+//! -> {"cmd":"peers"}
+//! <- {"ok":true,"cluster":{"clustered":true,"relay":"relay-a","relay_id":1,"peers":[...]}}
 //! -> {"cmd":"drain"}
 //! <- {"ok":true,"message":"draining: 12 flows left, no new flows"}
 //! -> {"cmd":"reload"}
@@ -60,6 +62,8 @@ pub enum Request {
     Status,
     /// One [`FlowLine`] per flow.
     Flows,
+    /// The relay pair: [`PeersReply`].
+    Peers,
     /// Accept no new flows; let the current ones finish.
     Drain,
     /// Re-read the configuration file: certificates and backends.
@@ -72,6 +76,7 @@ impl Request {
         match self {
             Request::Status => "status",
             Request::Flows => "flows",
+            Request::Peers => "peers",
             Request::Drain => "drain",
             Request::Reload => "reload",
         }
@@ -165,6 +170,70 @@ pub struct FlowLine {
     pub tls: String,
 }
 
+/// The answer to `peers`: this relay's place in its cluster and one
+/// [`PeerLine`] per configured peer (none for a relay without `[cluster]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeersReply {
+    /// Whether the relay has a `[cluster]` section. Without one the peer
+    /// list is empty and every commit is local.
+    pub clustered: bool,
+    /// This relay's `name`.
+    pub relay: String,
+    /// This relay's `cluster.relay_id` (`null` without `[cluster]`).
+    #[serde(default)]
+    pub relay_id: Option<u16>,
+    /// The configured peers, in configuration order.
+    pub peers: Vec<PeerLine>,
+}
+
+/// One peer in [`PeersReply`]: how the backplane to it stands, what we
+/// hold for it, and how our flows are protected by it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerLine {
+    /// Its `name` (its certificate carries it).
+    pub name: String,
+    /// Its `relay_id`.
+    pub relay_id: u16,
+    /// Its configured backplane address.
+    pub address: SocketAddr,
+    /// Membership: "connecting", "up", "suspect" or "down".
+    pub state: String,
+    /// Whether a backplane connection to it is live.
+    pub connected: bool,
+    /// Smoothed heartbeat round-trip time in microseconds, while connected
+    /// and once measured.
+    #[serde(default)]
+    pub rtt_us: Option<u64>,
+    /// Seconds the live connection has lasted (`null` when none is live).
+    #[serde(default)]
+    pub connected_secs: Option<u64>,
+    /// Connections established to it since start (more than one: it
+    /// reconnected).
+    pub connections: u64,
+    /// Backplane bytes sent to it (plaintext, every connection).
+    pub bytes_sent: u64,
+    /// Backplane bytes received from it.
+    pub bytes_received: u64,
+    /// Its flows we hold in standby (what a failover would adopt).
+    pub flows_held: u64,
+    /// Checkpoint bytes of those flows.
+    pub standby_bytes: u64,
+    /// Our flows whose latest commit it holds or will (in flight).
+    pub flows_protected: u64,
+    /// Our flows whose latest state it lacks (re-seeding, or committed
+    /// locally while it was unreachable or too slow).
+    pub flows_unprotected: u64,
+    /// Replication bytes sent or queued for it and not yet acknowledged.
+    pub backlog_bytes: u64,
+    /// Replication messages sent or queued for it and not yet acknowledged.
+    pub backlog_messages: u64,
+    /// Our workers' replication to it: "protected", "reseeding",
+    /// "unprotected_peer_down" or "unprotected_queue_full" (the worst
+    /// worker's); `null` if no worker replicates to it.
+    #[serde(default)]
+    pub protection: Option<String>,
+}
+
 /// The answer to `reload`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadReply {
@@ -184,6 +253,8 @@ pub enum Response {
     Status(StatusReply),
     /// `{"ok":true,"flows":[...]}`
     Flows(Vec<FlowLine>),
+    /// `{"ok":true,"cluster":{...}}` (the answer to `peers`).
+    Peers(PeersReply),
     /// `{"ok":true,"message":"..."}` (the answer to `drain`).
     Message(String),
     /// `{"ok":true,"reload":{...}}`
@@ -203,6 +274,8 @@ struct WireResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     flows: Option<Vec<FlowLine>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster: Option<PeersReply>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reload: Option<ReloadReply>,
@@ -221,6 +294,10 @@ impl From<Response> for WireResponse {
             },
             Response::Flows(f) => WireResponse {
                 flows: Some(f),
+                ..ok
+            },
+            Response::Peers(p) => WireResponse {
+                cluster: Some(p),
                 ..ok
             },
             Response::Message(m) => WireResponse {
@@ -255,15 +332,17 @@ impl TryFrom<WireResponse> for Response {
                 error: None,
                 status,
                 flows,
+                cluster,
                 message,
                 reload,
-            } => match (status, flows, message, reload) {
-                (Some(s), None, None, None) => Ok(Response::Status(s)),
-                (None, Some(f), None, None) => Ok(Response::Flows(f)),
-                (None, None, Some(m), None) => Ok(Response::Message(m)),
-                (None, None, None, Some(r)) => Ok(Response::Reload(r)),
+            } => match (status, flows, cluster, message, reload) {
+                (Some(s), None, None, None, None) => Ok(Response::Status(s)),
+                (None, Some(f), None, None, None) => Ok(Response::Flows(f)),
+                (None, None, Some(p), None, None) => Ok(Response::Peers(p)),
+                (None, None, None, Some(m), None) => Ok(Response::Message(m)),
+                (None, None, None, None, Some(r)) => Ok(Response::Reload(r)),
                 _ => Err(
-                    "\"ok\":true needs exactly one of \"status\", \"flows\", \"message\", \"reload\""
+                    "\"ok\":true needs exactly one of \"status\", \"flows\", \"cluster\", \"message\", \"reload\""
                         .into(),
                 ),
             },
@@ -293,6 +372,9 @@ pub trait ControlHandler {
     fn status(&self) -> StatusReply;
     /// The open flows.
     fn flows(&self) -> Vec<FlowLine>;
+    /// The relay pair; `Err` says why it cannot be told now (the
+    /// backplane is still starting).
+    fn peers(&self) -> Result<PeersReply, String>;
     /// Stops taking new flows; `Ok` says what happens next, `Err` why not.
     fn drain(&self) -> Result<String, String>;
     /// Re-reads the configuration; `Err` names what is wrong (the relay
@@ -310,6 +392,9 @@ pub fn dispatch(handler: &dyn ControlHandler, line: &[u8]) -> Response {
     let answer = panic::catch_unwind(AssertUnwindSafe(|| match request {
         Request::Status => Response::Status(handler.status()),
         Request::Flows => Response::Flows(handler.flows()),
+        Request::Peers => handler
+            .peers()
+            .map_or_else(Response::Error, Response::Peers),
         Request::Drain => handler
             .drain()
             .map_or_else(Response::Error, Response::Message),
@@ -729,6 +814,14 @@ impl ControlClient {
         }
     }
 
+    /// `peers`.
+    pub fn peers(&mut self) -> Result<PeersReply, Error> {
+        match self.request(&Request::Peers)? {
+            Response::Peers(p) => Ok(p),
+            other => Err(unexpected(Request::Peers, other)),
+        }
+    }
+
     /// `drain`: what the relay says it does.
     pub fn drain(&mut self) -> Result<String, Error> {
         match self.request(&Request::Drain)? {
@@ -829,6 +922,33 @@ mod tests {
         }
     }
 
+    fn peers() -> PeersReply {
+        PeersReply {
+            clustered: true,
+            relay: "relay-a".into(),
+            relay_id: Some(1),
+            peers: vec![PeerLine {
+                name: "relay-b".into(),
+                relay_id: 2,
+                address: "10.200.9.2:7000".parse().unwrap(),
+                state: "up".into(),
+                connected: true,
+                rtt_us: Some(180),
+                connected_secs: Some(65),
+                connections: 1,
+                bytes_sent: 123_456,
+                bytes_received: 7890,
+                flows_held: 0,
+                standby_bytes: 0,
+                flows_protected: 3,
+                flows_unprotected: 1,
+                backlog_bytes: 512,
+                backlog_messages: 2,
+                protection: Some("reseeding".into()),
+            }],
+        }
+    }
+
     fn reload() -> ReloadReply {
         ReloadReply {
             certificates: 2,
@@ -855,6 +975,9 @@ mod tests {
         fn flows(&self) -> Vec<FlowLine> {
             assert!(!self.panic_on_flows, "flows handler blew up");
             vec![flow()]
+        }
+        fn peers(&self) -> Result<PeersReply, String> {
+            Ok(peers())
         }
         fn drain(&self) -> Result<String, String> {
             if self.drained.swap(true, Ordering::SeqCst) {
@@ -895,6 +1018,7 @@ mod tests {
         for (r, text) in [
             (Request::Status, r#"{"cmd":"status"}"#),
             (Request::Flows, r#"{"cmd":"flows"}"#),
+            (Request::Peers, r#"{"cmd":"peers"}"#),
             (Request::Drain, r#"{"cmd":"drain"}"#),
             (Request::Reload, r#"{"cmd":"reload"}"#),
         ] {
@@ -918,6 +1042,13 @@ mod tests {
                 },
             ]),
             Response::Flows(vec![]),
+            Response::Peers(peers()),
+            Response::Peers(PeersReply {
+                clustered: false,
+                relay_id: None,
+                peers: vec![],
+                ..peers()
+            }),
             Response::Message("draining".into()),
             Response::Reload(reload()),
             Response::Error("no".into()),
@@ -947,6 +1078,13 @@ mod tests {
             serde_json::from_str(&Response::Flows(vec![flow()]).to_line()).unwrap();
         assert_eq!(v["flows"][0]["client"], "10.200.1.2:51234");
         assert_eq!(v["flows"][0]["tls"], "TLS1.3 AES_128_GCM_SHA256");
+        let v: serde_json::Value =
+            serde_json::from_str(&Response::Peers(peers()).to_line()).unwrap();
+        assert_eq!(v["cluster"]["clustered"], true);
+        assert_eq!(v["cluster"]["peers"][0]["name"], "relay-b");
+        assert_eq!(v["cluster"]["peers"][0]["state"], "up");
+        assert_eq!(v["cluster"]["peers"][0]["rtt_us"], 180);
+        assert_eq!(v["cluster"]["peers"][0]["address"], "10.200.9.2:7000");
     }
 
     #[test]
@@ -995,6 +1133,7 @@ mod tests {
         let mut client = ControlClient::connect(server.path()).unwrap();
         assert_eq!(client.status().unwrap(), status());
         assert_eq!(client.flows().unwrap(), vec![flow()]);
+        assert_eq!(client.peers().unwrap(), peers());
         assert_eq!(client.reload().unwrap(), reload());
         assert_eq!(client.drain().unwrap(), "draining: 2 flows left");
         assert_eq!(client.status().unwrap().state, RelayState::Draining);

@@ -53,6 +53,11 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             print!("{}", cli::format_flows(&connect(&socket)?.flows()?));
             Ok(())
         }
+        Command::Peers { json: true } => print_raw(&socket, Request::Peers),
+        Command::Peers { json: false } => {
+            print!("{}", cli::format_peers(&connect(&socket)?.peers()?));
+            Ok(())
+        }
         Command::Drain => {
             println!("{}", connect(&socket)?.drain()?);
             Ok(())

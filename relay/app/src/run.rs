@@ -7,10 +7,11 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use relay_cluster::BackplaneHandle;
 use relay_common::{ServiceKey, ServiceValue, SteerConfig};
 use relay_control::backends::BackendPool;
 use relay_control::config::{Config, XdpMode};
@@ -18,12 +19,16 @@ use relay_control::metrics::{Counter, Registry};
 use relay_datapath::{AfXdpConfig, AfXdpDevice, AttachMode, SteerProgram};
 use relay_flow::FlowConfig;
 use relay_tls::{LocalSessionStore, TlsServerConfig};
-use relay_worker::{DeviceMetrics, RelayMetrics, ServiceRuntime, Shared, Worker, WorkerConfig};
+use relay_worker::{
+    DeviceMetrics, RelayMetrics, ReplicationFigures, ServiceRuntime, Shared, Worker, WorkerConfig,
+};
 
 use crate::admin::AdminServer;
 use crate::control::{
-    BackendLine, ControlHandler, ControlServer, FlowLine, RelayState, ReloadReply, StatusReply,
+    BackendLine, ControlHandler, ControlServer, FlowLine, PeersReply, RelayState, ReloadReply,
+    StatusReply,
 };
+use crate::peers::ClusterMetrics;
 
 /// Sessions kept for resumption (TLS 1.2 IDs and TLS 1.3 stateful tickets).
 const SESSION_CACHE: usize = 64 * 1024;
@@ -56,6 +61,15 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         shutdown: AtomicBool::new(false),
         flows: Mutex::new(Vec::new()),
         max_flows: config.limits.max_flows as usize,
+        // One worker (one rx queue per interface, checked above).
+        replication: vec![ReplicationFigures::default()],
+    });
+    // The backplane starts once the worker exists (below); the admin
+    // endpoint and the control socket, up before it, find it here.
+    let backplane: Arc<OnceLock<BackplaneHandle>> = Arc::new(OnceLock::new());
+    let cluster_metrics = config.cluster.as_ref().map(|c| {
+        let names: Vec<String> = c.peers.iter().map(|p| p.name.clone()).collect();
+        ClusterMetrics::new(registry.clone(), &names)
     });
 
     let mode = match config.front.xdp_mode {
@@ -141,12 +155,16 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         let steer = steer.clone();
         let shared = shared.clone();
         let shared2 = shared.clone();
+        let backplane = backplane.clone();
         admin.spawn(
             move || {
                 if let Ok(s) = steer.lock() {
                     verdicts.update(&s.0, &s.1);
                 }
                 update_backend_gauges(&registry, &shared);
+                if let (Some(m), Some(h)) = (&cluster_metrics, backplane.get()) {
+                    m.refresh(h, &shared.replication);
+                }
                 registry.render()
             },
             move || shared2.draining.load(Ordering::Relaxed),
@@ -161,6 +179,9 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         sessions: sessions.clone(),
         started,
         xdp_mode: format!("{:?}", config.front.xdp_mode).to_lowercase(),
+        name: config.name.clone(),
+        relay_id: config.cluster.as_ref().map(|c| c.relay_id),
+        backplane: backplane.clone(),
     });
     let mut control = ControlServer::bind(&config.control_socket)
         .with_context(|| format!("control socket {}", config.control_socket.display()))?;
@@ -261,6 +282,9 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
             shared: shared.clone(),
         },
     )?;
+    if let Some(c) = &cluster {
+        let _ = backplane.set(c.handle.clone());
+    }
     tracing::info!(
         name = %config.name,
         services = config.services.len(),
@@ -450,6 +474,11 @@ struct Handler {
     sessions: Arc<LocalSessionStore>,
     started: std::time::Instant,
     xdp_mode: String,
+    /// This relay's name and `cluster.relay_id`, as it started.
+    name: String,
+    relay_id: Option<u16>,
+    /// The backplane, once started.
+    backplane: Arc<OnceLock<BackplaneHandle>>,
 }
 
 impl ControlHandler for Handler {
@@ -512,6 +541,15 @@ impl ControlHandler for Handler {
                 tls: f.tls.clone(),
             })
             .collect()
+    }
+
+    fn peers(&self) -> Result<PeersReply, String> {
+        crate::peers::reply(
+            &self.name,
+            self.relay_id,
+            self.backplane.get(),
+            &self.shared.replication,
+        )
     }
 
     fn drain(&self) -> Result<String, String> {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use relay_app::control::{
-    BackendLine, ControlHandler, ControlServer, FlowLine, RelayState, ReloadReply, StatusReply,
+    BackendLine, ControlHandler, ControlServer, FlowLine, PeersReply, RelayState, ReloadReply,
+    StatusReply,
 };
 
 struct TempDir(PathBuf);
@@ -140,7 +141,7 @@ fn run_with_a_bad_certificate_names_the_service_and_file() {
 fn client_commands_without_a_relay_fail_clearly() {
     let dir = TempDir::new("none");
     let socket = dir.join("relay.sock");
-    for cmd in ["status", "flows", "drain", "reload"] {
+    for cmd in ["status", "flows", "peers", "drain", "reload"] {
         let out = relay(&[cmd, "--control", path_str(&socket)]);
         assert_eq!(out.status.code(), Some(1), "{cmd}");
         let stderr = text(&out.stderr);
@@ -192,6 +193,15 @@ impl ControlHandler for Fake {
             tls: "TLS1.3 AES_128_GCM_SHA256".into(),
         }]
     }
+    fn peers(&self) -> Result<PeersReply, String> {
+        // A relay alone (no [cluster]).
+        Ok(PeersReply {
+            clustered: false,
+            relay: "relay-a".into(),
+            relay_id: None,
+            peers: Vec::new(),
+        })
+    }
     fn drain(&self) -> Result<String, String> {
         Ok("draining: 1 flow left".into())
     }
@@ -228,6 +238,17 @@ fn client_commands_talk_to_the_relay() {
     let out = relay(&["flows", "--json", "--control", s]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["flows"][0]["id"], 1);
+
+    let out = relay(&["peers", "--control", s]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "relay-a has no [cluster] section: no peers (every commit is local)\n"
+    );
+    let out = relay(&["peers", "--json", "--control", s]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cluster"]["clustered"], false);
+    assert_eq!(v["cluster"]["peers"], serde_json::json!([]));
 
     let out = relay(&["drain", "--control", s]);
     assert!(out.status.success());

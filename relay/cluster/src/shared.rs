@@ -529,13 +529,13 @@ impl Shared {
                 PeerEvent::PeerDown => {
                     tracing::warn!(peer, "backplane: peer down");
                     let g = st.live.as_ref().map_or(0, |l| l.generation);
-                    // A connection that has been silent this long is dead
-                    // or hung: drop it, so that a live peer comes back
-                    // through a fresh hello. A younger one has not had
-                    // the time to be heard yet: its own heartbeats decide.
-                    if let Some(live) = st.live.as_ref()
-                        && live.since.elapsed() >= self.cfg.heartbeat.dead_after()
-                    {
+                    // The workers are told the peer is down, and commit
+                    // locally from now on; only a fresh connection (its
+                    // PeerReset) re-seeds them. So the connection goes too,
+                    // however young: a peer that is alive after all comes
+                    // back through a new hello instead of staying
+                    // unprotected on the old connection for good.
+                    if let Some(live) = st.live.as_ref() {
                         set_reason(&live.close, DisconnectReason::PeerDown);
                     }
                     self.to_all_workers(g, WorkerEvent::PeerDown(peer), wake);

@@ -568,10 +568,17 @@ impl Config {
                 "must be 1 to 65534".into(),
             ));
         }
-        if c.heartbeat_interval_ms == 0 || c.heartbeat_misses == 0 {
+        if c.heartbeat_interval_ms == 0 {
             return Err(invalid(
                 "cluster.heartbeat_interval_ms".into(),
-                "heartbeat_interval_ms and heartbeat_misses must be positive".into(),
+                "must be positive".into(),
+            ));
+        }
+        // One miss would declare a peer dead on a single late heartbeat.
+        if c.heartbeat_misses < 2 {
+            return Err(invalid(
+                "cluster.heartbeat_misses".into(),
+                "must be at least 2".into(),
             ));
         }
         if c.peers.is_empty() {

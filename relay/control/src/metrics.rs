@@ -60,6 +60,29 @@ impl Gauge {
     }
 }
 
+/// A gauge whose value is a float (seconds, ratios), stored as the bits of
+/// an `f64`. NaN says "unknown" (Prometheus takes it as a value).
+#[derive(Clone, Debug)]
+pub struct FloatGauge(Arc<AtomicU64>);
+
+impl Default for FloatGauge {
+    fn default() -> Self {
+        FloatGauge(Arc::new(AtomicU64::new(0f64.to_bits())))
+    }
+}
+
+impl FloatGauge {
+    /// Sets the value.
+    pub fn set(&self, v: f64) {
+        self.0.store(v.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
 #[derive(Debug)]
 struct HistogramInner {
     bounds: Vec<f64>,
@@ -111,6 +134,7 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 enum Series {
     Counter(Counter),
     Gauge(Gauge),
+    FloatGauge(FloatGauge),
     Histogram(Histogram),
 }
 
@@ -217,6 +241,26 @@ impl Registry {
         }
     }
 
+    /// The float gauge `name{labels}` (a `gauge` family: one name holds
+    /// either integer or float gauges; a clash yields a detached gauge).
+    pub fn float_gauge(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> FloatGauge {
+        let got = self.register(
+            name,
+            help,
+            "gauge",
+            labels,
+            || Series::FloatGauge(FloatGauge::default()),
+            |s| match s {
+                Series::FloatGauge(g) => Some(Series::FloatGauge(g.clone())),
+                _ => None,
+            },
+        );
+        match got {
+            Some(Series::FloatGauge(g)) => g,
+            _ => FloatGauge::default(),
+        }
+    }
+
     /// The histogram `name{labels}` with bucket upper `bounds` (ascending).
     pub fn histogram(
         &self,
@@ -259,6 +303,15 @@ impl Registry {
                         let _ =
                             writeln!(out, "{}{} {}", f.name, render_labels(labels, None), g.get());
                     }
+                    Series::FloatGauge(g) => {
+                        let _ = writeln!(
+                            out,
+                            "{}{} {}",
+                            f.name,
+                            render_labels(labels, None),
+                            render_float(g.get())
+                        );
+                    }
                     Series::Histogram(h) => render_histogram(&mut out, &f.name, labels, h),
                 }
             }
@@ -288,6 +341,22 @@ fn render_histogram(out: &mut String, name: &str, labels: &Labels, h: &Histogram
     let sum = inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
     let _ = writeln!(out, "{name}_sum{} {sum}", render_labels(labels, None));
     let _ = writeln!(out, "{name}_count{} {count}", render_labels(labels, None));
+}
+
+/// A float as the text format spells it (`NaN`, `+Inf`, `-Inf`, or the
+/// shortest decimal that reads back the same).
+fn render_float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
+    } else {
+        format!("{v}")
+    }
 }
 
 fn render_labels(labels: &Labels, le: Option<&str>) -> String {
@@ -389,6 +458,30 @@ mod tests {
         let text = r.render();
         assert_eq!(text.matches("# TYPE y").count(), 1);
         assert!(text.contains("y 1\n"));
+    }
+
+    #[test]
+    fn float_gauges_render_as_floats() {
+        let r = Registry::new();
+        let rtt = r.float_gauge("rtt_seconds", "RTT.", &[("peer", "b")]);
+        assert_eq!(rtt.get(), 0.0);
+        rtt.set(0.000_25);
+        r.float_gauge("rtt_seconds", "RTT.", &[("peer", "c")])
+            .set(f64::NAN);
+        let text = r.render();
+        assert!(text.contains("# TYPE rtt_seconds gauge\n"), "{text}");
+        assert!(text.contains("rtt_seconds{peer=\"b\"} 0.00025\n"), "{text}");
+        assert!(text.contains("rtt_seconds{peer=\"c\"} NaN\n"), "{text}");
+        // The same name and labels give the same series; an integer gauge
+        // of the same name is detached, not rendered twice.
+        assert_eq!(
+            r.float_gauge("rtt_seconds", "RTT.", &[("peer", "b")]).get(),
+            0.000_25
+        );
+        r.gauge("rtt_seconds", "RTT.", &[("peer", "b")]).set(9);
+        assert_eq!(r.render().matches("rtt_seconds{peer=\"b\"}").count(), 1);
+        assert_eq!(render_float(f64::INFINITY), "+Inf");
+        assert_eq!(render_float(3.0), "3");
     }
 
     #[test]

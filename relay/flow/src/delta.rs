@@ -1,6 +1,7 @@
 //! Commit deltas: a flow's full checkpoint travels once (when the flow is
-//! replicated), then each commit travels as the difference from the last
-//! one the peer acknowledged.
+//! replicated), then each commit travels as the difference from the
+//! flow's previous commit on the same connection (the standby applies a
+//! stream in order, so it holds that base when the delta arrives).
 //!
 //! Encoding: `RFLD`, a version byte, the commit number of the base
 //! checkpoint and the delta's own (each a varint epoch and a varint `n`:

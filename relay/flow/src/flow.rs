@@ -574,6 +574,17 @@ impl Flow {
         }
     }
 
+    /// Asks both peers to retransmit at once: an ACK with SACK information
+    /// on each side. An adopter calls it again once the flow's addresses
+    /// point at it (the nudges of [`adopt`](Self::adopt) may have gone to
+    /// a neighbour cache that still named the dead relay).
+    pub fn nudge(&mut self) {
+        self.front.nudge();
+        if let Some(back) = self.back.as_mut() {
+            back.nudge();
+        }
+    }
+
     /// Carries on a flow from the last checkpoint its relay committed to
     /// us. Both engines start with an ACK (with SACK information) that makes
     /// the client and the backend retransmit at once; `elapsed` bounds how

@@ -320,6 +320,19 @@ impl Outbox {
         self.unacked_bytes
     }
 
+    /// Envelopes queued or in flight: the replication backlog in messages.
+    pub fn backlog_messages(&self) -> usize {
+        self.unacked.len()
+    }
+
+    /// Live flows whose latest state the peer lacks (awaiting a re-seed,
+    /// or committed locally while the peer was unreachable or the queue
+    /// full): the unprotected flows. The others are protected: their
+    /// latest commit is with the peer or on its way.
+    pub fn flows_unprotected(&self) -> usize {
+        self.behind
+    }
+
     /// Whether the flows are protected now.
     pub fn protection(&self) -> Protection {
         match self.link {

@@ -432,3 +432,46 @@ fn forgets_reach_the_peer_even_after_an_outage() {
     assert_eq!(o.protection(), Protection::Protected);
     assert_eq!(o.stats().forgets, 3);
 }
+
+#[test]
+fn backlog_and_unprotected_flows_follow_the_link() {
+    let mut o = connected();
+    assert_eq!((o.backlog_bytes(), o.backlog_messages()), (0, 0));
+    assert_eq!(o.flows_unprotected(), 0);
+    o.commit(flow(1), c(1), Payload::Full(b"f1@1")).unwrap();
+    o.commit(flow(2), c(1), Payload::Full(b"f2@1")).unwrap();
+    // Queued counts as backlog before it is sent, and until it is acked.
+    assert_eq!(o.backlog_messages(), 2);
+    assert!(o.backlog_bytes() > 0);
+    assert_eq!((o.flows(), o.flows_unprotected()), (2, 0));
+    transmit(&mut o);
+    assert_eq!(o.backlog_messages(), 2);
+    o.handle_ack(1).unwrap();
+    assert_eq!(o.backlog_messages(), 1);
+    o.handle_ack(2).unwrap();
+    assert_eq!((o.backlog_bytes(), o.backlog_messages()), (0, 0));
+    // The peer goes away: every flow is unprotected, nothing is in flight.
+    o.commit(
+        flow(1),
+        c(2),
+        Payload::Delta {
+            base: c(1),
+            bytes: b"+2",
+        },
+    )
+    .unwrap();
+    let _ = o.peer_down();
+    assert_eq!((o.flows(), o.flows_unprotected()), (2, 2));
+    assert_eq!((o.backlog_bytes(), o.backlog_messages()), (0, 0));
+    // Back: unprotected until each flow's full checkpoint is queued.
+    o.peer_reset();
+    assert_eq!(o.flows_unprotected(), 2);
+    let asked = o.poll_needs_full().unwrap();
+    let latest = if asked == flow(1) { c(2) } else { c(1) };
+    o.commit(asked, latest, Payload::Full(b"again")).unwrap();
+    assert_eq!(o.flows_unprotected(), 1);
+    // An ended flow is no longer counted either way.
+    let other = if asked == flow(1) { flow(2) } else { flow(1) };
+    o.forget(other);
+    assert_eq!((o.flows(), o.flows_unprotected()), (1, 0));
+}

@@ -31,7 +31,19 @@ use relay_tls::TlsServerConfig;
 use relay_wire::{EtherType, EthernetAddress, EthernetRepr, IpProtocol, Ipv4Repr, TcpFrame};
 
 pub use metrics::{DeviceMetrics, RelayMetrics};
-pub use replicate::{Commits, Replication};
+pub use replicate::{
+    Commits, Replication, ReplicationFigures, ReplicationSnapshot, protection_name,
+};
+
+/// What the control plane asks of a worker about a dead peer's flows.
+#[derive(Debug)]
+pub enum AdoptCommand {
+    /// Carry these flows on here.
+    Adopt(Vec<Adoption>),
+    /// The adopted flows' addresses now point here: ask every adopted
+    /// flow's client and backend to retransmit at once.
+    Nudge,
+}
 
 /// A flow a peer relay committed to us, to carry on here (its relay died or
 /// handed it over), with the link-layer addresses of its two peers.
@@ -112,6 +124,9 @@ pub struct Shared {
     pub flows: Mutex<Vec<FlowSnapshot>>,
     /// Global flow limit.
     pub max_flows: usize,
+    /// Per worker (by `worker_index`): its replication figures, published
+    /// once per loop for `relay peers` and the metrics.
+    pub replication: Vec<ReplicationFigures>,
 }
 
 /// Settings of one worker.
@@ -185,7 +200,9 @@ pub struct Worker {
     /// Every flow's local key by its cluster-wide id (adopted flows keep
     /// the id their first relay gave them).
     keys: HashMap<FlowId, u64>,
-    adopt_rx: Option<mpsc::Receiver<Vec<Adoption>>>,
+    adopt_rx: Option<mpsc::Receiver<AdoptCommand>>,
+    /// Flows adopted and not nudged since the addresses moved.
+    adopted_unnudged: Vec<u64>,
     wake_tx: Arc<UnixStream>,
     hs_tx: mpsc::Sender<(u64, HandshakeJob)>,
     hs_rx: mpsc::Receiver<(u64, HandshakeDone)>,
@@ -280,6 +297,7 @@ impl Worker {
             outbox: Commits::Local(LocalCommit::new()),
             keys: HashMap::new(),
             adopt_rx: None,
+            adopted_unnudged: Vec::new(),
             wake_tx: wake_for_others,
             hs_tx: job_tx,
             hs_rx: done_rx,
@@ -311,7 +329,7 @@ impl Worker {
     }
 
     /// Flows sent on `rx` (with a [`waker`](Self::waker) call) are adopted.
-    pub fn accept_adoptions(&mut self, rx: mpsc::Receiver<Vec<Adoption>>) {
+    pub fn accept_adoptions(&mut self, rx: mpsc::Receiver<AdoptCommand>) {
         self.adopt_rx = Some(rx);
     }
 
@@ -370,6 +388,7 @@ impl Worker {
             self.service_dirty(now)?;
             // One backplane write per loop, with every commit of the loop.
             self.outbox.pump();
+            self.publish_replication();
             self.front.flush()?;
             self.back.flush()?;
             if now.micros.saturating_sub(last_report.micros) >= 500_000 {
@@ -618,17 +637,43 @@ impl Worker {
         any
     }
 
+    /// Hands this loop's replication figures to the control plane.
+    fn publish_replication(&self) {
+        if let Some(s) = self.outbox.snapshot()
+            && let Some(f) = self
+                .shared
+                .replication
+                .get(usize::from(self.cfg.worker_index))
+        {
+            f.publish(&s);
+        }
+    }
+
     /// Flows handed over by the control plane (a dead peer's).
     fn adoptions(&mut self, now: Instant) -> bool {
-        let mut batches = Vec::new();
+        let mut commands = Vec::new();
         if let Some(rx) = &self.adopt_rx {
-            while let Ok(batch) = rx.try_recv() {
-                batches.push(batch);
+            while let Ok(c) = rx.try_recv() {
+                commands.push(c);
             }
         }
-        let any = !batches.is_empty();
-        for a in batches.into_iter().flatten() {
-            self.adopt(now, a);
+        let any = !commands.is_empty();
+        for c in commands {
+            match c {
+                AdoptCommand::Adopt(batch) => {
+                    for a in batch {
+                        self.adopt(now, a);
+                    }
+                }
+                AdoptCommand::Nudge => {
+                    for key in std::mem::take(&mut self.adopted_unnudged) {
+                        if let Some(slot) = self.flows.get_mut(&key) {
+                            slot.flow.nudge();
+                            self.dirty.push(key);
+                        }
+                    }
+                }
+            }
         }
         any
     }
@@ -686,6 +731,7 @@ impl Worker {
             },
         );
         tracing::debug!(flow = ?fid, key, "adopted");
+        self.adopted_unnudged.push(key);
         self.dirty.push(key);
     }
 

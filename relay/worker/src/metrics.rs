@@ -17,6 +17,11 @@ pub struct RelayMetrics {
     pub flows_opened: Counter,
     /// Flows carried on from a peer relay's checkpoint.
     pub flows_adopted: Counter,
+    /// Failovers completed: a dead peer's flows adopted and its addresses
+    /// taken over.
+    pub failovers: Counter,
+    /// Time from the peer declared down to its addresses announced here.
+    pub failover_seconds: Histogram,
     /// Commits that were not replicated (no peer reachable, or its queue
     /// full): the flow went on unprotected.
     pub commits_unprotected: Counter,
@@ -162,6 +167,17 @@ impl RelayMetrics {
                 "relay_flows_adopted_total",
                 "Flows carried on from a peer relay's checkpoint.",
                 &[],
+            ),
+            failovers: r.counter(
+                "relay_failovers_total",
+                "Failovers completed: a dead peer's flows adopted and its addresses taken over.",
+                &[],
+            ),
+            failover_seconds: r.histogram(
+                "relay_failover_seconds",
+                "Time from a peer declared down to its addresses announced by this relay.",
+                &[],
+                &[0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0],
             ),
             commits_unprotected: r.counter(
                 "relay_commits_unprotected_total",

@@ -8,10 +8,13 @@
 //! locally and counted as unprotected).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use relay_cluster::{WorkerEvent, WorkerPort};
 use relay_flow::{CommitNo, FlowCheckpoint, FlowId, LocalCommit, encode_delta};
-use relay_replication::{Committed, Encoding, Outbox, OutboxEvent, Payload, Protection, RelayId};
+use relay_replication::{
+    Committed, Encoding, Outbox, OutboxEvent, Payload, Protection, RelayId, UnprotectedReason,
+};
 
 /// A worker's link to its peer: the stream's outbox and the backplane port.
 pub struct Replication {
@@ -122,6 +125,117 @@ impl Commits {
             Commits::Local(_) => None,
             Commits::Cluster(c) => Some(&c.link),
         }
+    }
+
+    /// Where replication stands now (`None` for a relay alone).
+    pub fn snapshot(&self) -> Option<ReplicationSnapshot> {
+        self.replication().map(|link| {
+            let o = &link.outbox;
+            let unprotected = o.flows_unprotected();
+            ReplicationSnapshot {
+                peer: link.peer,
+                flows_protected: o.flows().saturating_sub(unprotected) as u64,
+                flows_unprotected: unprotected as u64,
+                backlog_bytes: o.backlog_bytes() as u64,
+                backlog_messages: o.backlog_messages() as u64,
+                protection: o.protection(),
+            }
+        })
+    }
+}
+
+/// One worker's replication as the control plane sees it: `relay peers`
+/// and the metrics. Counted over the flows that committed (a flow in its
+/// handshake is not replicated: its client retries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicationSnapshot {
+    /// The peer that stands by for this worker's flows.
+    pub peer: RelayId,
+    /// Flows whose latest commit is with the peer or on its way.
+    pub flows_protected: u64,
+    /// Flows whose latest state the peer lacks (awaiting a re-seed, or
+    /// committed locally while the peer was unreachable or too slow).
+    pub flows_unprotected: u64,
+    /// Envelope bytes queued or sent and not yet acknowledged.
+    pub backlog_bytes: u64,
+    /// Envelopes queued or sent and not yet acknowledged.
+    pub backlog_messages: u64,
+    /// The outbox's own verdict.
+    pub protection: Protection,
+}
+
+/// The wire-free name of a [`Protection`]: `protected`, `reseeding`,
+/// `unprotected_peer_down`, `unprotected_queue_full`.
+pub fn protection_name(p: Protection) -> &'static str {
+    match p {
+        Protection::Protected => "protected",
+        Protection::Reseeding => "reseeding",
+        Protection::Unprotected(UnprotectedReason::PeerDown) => "unprotected_peer_down",
+        Protection::Unprotected(UnprotectedReason::QueueFull) => "unprotected_queue_full",
+    }
+}
+
+/// Where a worker publishes its [`ReplicationSnapshot`] for the control
+/// plane (one per worker, in [`Shared`](crate::Shared)): relaxed atomics,
+/// written once per worker loop, so the worker never waits for a reader.
+/// A reader may see fields of two consecutive loops; each is a gauge.
+#[derive(Debug, Default)]
+pub struct ReplicationFigures {
+    /// The peer's relay id, 0 while nothing was published (relay ids
+    /// start at 1).
+    peer: AtomicU32,
+    flows_protected: AtomicU64,
+    flows_unprotected: AtomicU64,
+    backlog_bytes: AtomicU64,
+    backlog_messages: AtomicU64,
+    protection: AtomicU8,
+}
+
+impl ReplicationFigures {
+    /// Publishes `s` (the worker, once per loop).
+    pub fn publish(&self, s: &ReplicationSnapshot) {
+        let r = Ordering::Relaxed;
+        self.flows_protected.store(s.flows_protected, r);
+        self.flows_unprotected.store(s.flows_unprotected, r);
+        self.backlog_bytes.store(s.backlog_bytes, r);
+        self.backlog_messages.store(s.backlog_messages, r);
+        self.protection.store(protection_code(s.protection), r);
+        self.peer.store(u32::from(s.peer), r);
+    }
+
+    /// The last published figures; `None` while the worker replicates to
+    /// nobody.
+    pub fn snapshot(&self) -> Option<ReplicationSnapshot> {
+        let r = Ordering::Relaxed;
+        let peer = RelayId::try_from(self.peer.load(r))
+            .ok()
+            .filter(|&p| p != 0)?;
+        Some(ReplicationSnapshot {
+            peer,
+            flows_protected: self.flows_protected.load(r),
+            flows_unprotected: self.flows_unprotected.load(r),
+            backlog_bytes: self.backlog_bytes.load(r),
+            backlog_messages: self.backlog_messages.load(r),
+            protection: protection_from_code(self.protection.load(r)),
+        })
+    }
+}
+
+fn protection_code(p: Protection) -> u8 {
+    match p {
+        Protection::Protected => 1,
+        Protection::Reseeding => 2,
+        Protection::Unprotected(UnprotectedReason::PeerDown) => 3,
+        Protection::Unprotected(UnprotectedReason::QueueFull) => 4,
+    }
+}
+
+fn protection_from_code(c: u8) -> Protection {
+    match c {
+        1 => Protection::Protected,
+        2 => Protection::Reseeding,
+        4 => Protection::Unprotected(UnprotectedReason::QueueFull),
+        _ => Protection::Unprotected(UnprotectedReason::PeerDown),
     }
 }
 
@@ -253,5 +367,41 @@ impl ClusterCommits {
             report.protection = Some(p);
         }
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_publish_what_the_worker_saw() {
+        let f = ReplicationFigures::default();
+        assert_eq!(f.snapshot(), None, "nothing published: no replication");
+        for protection in [
+            Protection::Protected,
+            Protection::Reseeding,
+            Protection::Unprotected(UnprotectedReason::PeerDown),
+            Protection::Unprotected(UnprotectedReason::QueueFull),
+        ] {
+            let s = ReplicationSnapshot {
+                peer: 2,
+                flows_protected: 7,
+                flows_unprotected: 3,
+                backlog_bytes: 4096,
+                backlog_messages: 12,
+                protection,
+            };
+            f.publish(&s);
+            assert_eq!(f.snapshot(), Some(s));
+            assert_eq!(
+                protection_from_code(protection_code(protection)),
+                protection
+            );
+        }
+        assert_eq!(
+            protection_name(Protection::Unprotected(UnprotectedReason::QueueFull)),
+            "unprotected_queue_full"
+        );
     }
 }
