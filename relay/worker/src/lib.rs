@@ -618,9 +618,17 @@ impl Worker {
             .metrics
             .commits_unprotected
             .add(self.outbox.take_unprotected());
-        let mut any = report.events > 0;
+        let (acks, _) = self.route_acks(now, None);
+        report.events > 0 || acks > 0
+    }
+
+    /// Hands every acknowledged commit to its flow and marks the flows for
+    /// service, except `current` (being serviced): returns how many acks
+    /// came and whether one was for `current`.
+    fn route_acks(&mut self, now: Instant, current: Option<u64>) -> (usize, bool) {
+        let (mut n, mut for_current) = (0, false);
         while let Some((fid, no)) = self.outbox.poll_ack() {
-            any = true;
+            n += 1;
             let Some(&key) = self.keys.get(&fid) else {
                 continue;
             };
@@ -631,10 +639,14 @@ impl Worker {
                         .commit_latency
                         .observe(lat.as_secs_f64());
                 }
-                self.dirty.push(key);
+                if Some(key) == current {
+                    for_current = true;
+                } else {
+                    self.dirty.push(key);
+                }
             }
         }
-        any
+        (n, for_current)
     }
 
     /// Hands this loop's replication figures to the control plane.
@@ -835,25 +847,7 @@ impl Worker {
                 let fid = slot.flow.id();
                 self.outbox.commit_no(fid, no);
             }
-            let mut acked = false;
-            while let Some((fid, no)) = self.outbox.poll_ack() {
-                let Some(&key) = self.keys.get(&fid) else {
-                    continue;
-                };
-                if let Some(s) = self.flows.get_mut(&key) {
-                    if let Some(lat) = s.flow.handle_commit_ack(now, no) {
-                        self.shared
-                            .metrics
-                            .commit_latency
-                            .observe(lat.as_secs_f64());
-                    }
-                    if key != id {
-                        self.dirty.push(key);
-                    } else {
-                        acked = true;
-                    }
-                }
-            }
+            let (_, acked) = self.route_acks(now, Some(id));
             self.transmit(now, id)?;
             if acked {
                 continue;
