@@ -63,7 +63,8 @@ pub fn relay_steer(ctx: XdpContext) -> u32 {
         | Verdict::DropMalformed
         | Verdict::DropFragment
         | Verdict::DropArpNoWorker
-        | Verdict::DropArpStandby => xdp_action::XDP_DROP,
+        | Verdict::DropArpStandby
+        | Verdict::DropStandby => xdp_action::XDP_DROP,
         Verdict::PassNotIpv4 | Verdict::PassNotTcp | Verdict::PassNotSteered | Verdict::PassRunt => {
             xdp_action::XDP_PASS
         }
@@ -155,6 +156,9 @@ fn classify(ctx: &XdpContext) -> Verdict {
     if !is_steered(dst_addr, dst_port) {
         return Verdict::PassNotSteered;
     }
+    if standing_by(dst_addr) {
+        return Verdict::DropStandby;
+    }
     if !workers_alive() {
         return Verdict::DropNoWorker;
     }
@@ -206,6 +210,15 @@ fn classify_arp(ctx: &XdpContext) -> Verdict {
     } else {
         Verdict::DropArpNoWorker
     }
+}
+
+/// An address listed in `ADDRS` that a peer serves now. An address not
+/// listed (a relay alone) is served here.
+#[inline(always)]
+fn standing_by(addr: u32) -> bool {
+    // SAFETY: the value is copied out at once; hash map values stay valid
+    // for the duration of the program run (RCU).
+    matches!(unsafe { ADDRS.get(&AddrKey { addr }) }, Some(&v) if v != ADDR_OWNED)
 }
 
 #[inline(always)]

@@ -1117,13 +1117,11 @@ fn a_tls13_download_survives_the_death_of_its_relay_process() {
 }
 
 #[test]
-#[ignore = "known failing on fresh CI runs: after a node death (links down) a RST reaches the client in most runs; passes when run alone. See the issue 10 notes"]
 fn a_tls12_download_survives_the_death_of_its_relay_node() {
     survive("dl12node", Death::Node, Transfer::Download("1.2", GIB));
 }
 
 #[test]
-#[ignore = "known failing on fresh CI runs: after a node death (links down) a RST reaches the client in most runs; passes when run alone. See the issue 10 notes"]
 fn an_upload_survives_the_death_of_its_relay_node() {
     survive("upnode", Death::Node, Transfer::Upload(256 * MIB));
 }

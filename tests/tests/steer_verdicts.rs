@@ -430,3 +430,33 @@ fn arp_for_an_address_a_peer_serves_goes_unanswered() {
         Verdict::PassNotIpv4,
     );
 }
+
+#[test]
+fn tcp_for_an_address_a_peer_serves_is_dropped_until_taken_over() {
+    let mut f = Fixture::new();
+    f.steer
+        .set_addresses(&[(addr::VIP, false), (addr::BACK_SHARED, false)])
+        .expect("addresses");
+    let data = tcp_to(
+        addr::VIP,
+        addr::VIP_PORT,
+        TcpFlags::ACK | TcpFlags::PSH,
+        b"mid-flow",
+    );
+    let back = tcp_to(addr::BACK_SHARED, addr::BACK_PORT_FIRST, TcpFlags::ACK, &[]);
+    // Flooded to the standby while the owner's port is down: neither its
+    // worker (no flow yet) nor its kernel (no socket) may answer.
+    f.expect(&data, xdp_action::DROP, Verdict::DropStandby);
+    f.expect(&back, xdp_action::DROP, Verdict::DropStandby);
+    // A port the relay does not steer is the kernel's, standby or not.
+    f.expect(
+        &syn_to(addr::VIP, 22),
+        xdp_action::PASS,
+        Verdict::PassNotSteered,
+    );
+    f.steer
+        .set_addresses(&[(addr::VIP, true), (addr::BACK_SHARED, true)])
+        .expect("addresses");
+    f.expect(&data, xdp_action::REDIRECT, Verdict::Redirect);
+    f.expect(&back, xdp_action::REDIRECT, Verdict::Redirect);
+}

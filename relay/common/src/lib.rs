@@ -155,10 +155,16 @@ pub enum Verdict {
     /// An ARP request for an address that a peer relay serves (this relay
     /// stands by for it): dropped, so that only the owner answers.
     DropArpStandby = 9,
+    /// Steered TCP to an address that a peer relay serves (this relay
+    /// stands by for it): dropped. Frames for the owner reach a standby
+    /// when a switch floods them (the owner's port just went down); its
+    /// worker has no flow for them yet and would answer with a reset,
+    /// killing a connection this relay is about to adopt.
+    DropStandby = 10,
 }
 
 /// Number of [`Verdict`] variants: the length of the verdict counter array.
-pub const VERDICT_COUNT: u32 = 10;
+pub const VERDICT_COUNT: u32 = 11;
 
 impl Verdict {
     /// All verdicts in counter-index order.
@@ -173,6 +179,7 @@ impl Verdict {
         Verdict::PassRunt,
         Verdict::DropArpNoWorker,
         Verdict::DropArpStandby,
+        Verdict::DropStandby,
     ];
 
     /// Stable lower-case name, used as a metric label.
@@ -188,6 +195,7 @@ impl Verdict {
             Verdict::PassRunt => "pass_runt",
             Verdict::DropArpNoWorker => "drop_arp_no_worker",
             Verdict::DropArpStandby => "drop_arp_standby",
+            Verdict::DropStandby => "drop_standby",
         }
     }
 
@@ -204,7 +212,7 @@ const _: () = assert!(core::mem::size_of::<ServiceValue>() == 4);
 const _: () = assert!(core::mem::size_of::<SteerConfig>() == 16);
 const _: () = assert!(core::mem::size_of::<AddrKey>() == 4);
 const _: () = assert!(Verdict::ALL.len() == VERDICT_COUNT as usize);
-const _: () = assert!(Verdict::DropArpStandby as u32 == VERDICT_COUNT - 1);
+const _: () = assert!(Verdict::DropStandby as u32 == VERDICT_COUNT - 1);
 
 #[cfg(test)]
 mod tests {
