@@ -141,6 +141,8 @@ pub struct ClusterSpec {
     pub heartbeat: Option<(u64, u32)>,
     /// `[[cluster.peer]]`: name, relay id, backplane address.
     pub peers: Vec<(String, u16, SocketAddr)>,
+    /// `front` (ours) and every peer's `front`: membership's second path.
+    pub front: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl ServiceSpec {
@@ -246,6 +248,10 @@ impl RelayConfig {
                 ADMIN_ADDR,
             ),
         };
+        let peer_front = match node {
+            crate::Node::RelayB => addr::RELAY_A_FRONT,
+            _ => addr::RELAY_B_FRONT,
+        };
         let (cert, key) = pki.issue_relay(me)?;
         let mut service = ServiceSpec::lab(&pki.cert_chain, &pki.key);
         service.owner = "relay-a".into();
@@ -268,6 +274,11 @@ impl RelayConfig {
                     peer_id,
                     SocketAddr::V4(SocketAddrV4::new(peer_bp, BACKPLANE_PORT)),
                 )],
+                // Each relay's own front address (not the VIP it may take).
+                front: Some((
+                    SocketAddr::V4(SocketAddrV4::new(*admin.ip(), BACKPLANE_PORT)),
+                    SocketAddr::V4(SocketAddrV4::new(peer_front, BACKPLANE_PORT)),
+                )),
             }),
             ..RelayConfig::lab(&pki.cert_chain, &pki.key)
         })
@@ -398,12 +409,18 @@ impl RelayConfig {
                     "heartbeat_interval_ms = {interval}\nheartbeat_misses = {misses}\n"
                 );
             }
+            if let Some((ours, _)) = c.front {
+                let _ = writeln!(t, "front = \"{ours}\"");
+            }
             for (name, id, address) in &c.peers {
                 let _ = write!(
                     t,
                     "\n[[cluster.peer]]\nname = {}\nrelay_id = {id}\naddress = \"{address}\"\n",
                     q(name)
                 );
+                if let Some((_, theirs)) = c.front {
+                    let _ = writeln!(t, "front = \"{theirs}\"");
+                }
             }
         }
         t
@@ -489,7 +506,7 @@ pub struct Peer {
     pub name: String,
     /// Its relay id.
     pub relay_id: u16,
-    /// `connecting`, `up`, `suspect` or `down`.
+    /// `connecting`, `up`, `suspect`, `cut` or `down`.
     pub state: String,
     /// Whether a backplane connection is live.
     pub connected: bool,

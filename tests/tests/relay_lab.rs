@@ -894,23 +894,66 @@ fn kill_point(n: u64) -> u64 {
 /// The relay pair serves `transfer`; relay-a dies (`death`) part way;
 /// the same connection finishes byte-exact through relay-b, with no reset
 /// seen by the client and no new connection or handshake.
+/// What the client sees of resets and FINs on port 443, captured from
+/// the start of a test.
+struct ClientCapture {
+    pcap: std::path::PathBuf,
+    tcpdump: Script,
+}
+
+impl ClientCapture {
+    fn start(s: &Setup, dir: &TempDir) -> ClientCapture {
+        let pcap = dir.0.join("client.pcap");
+        let tcpdump = Script::spawn(
+            &s.lab,
+            Node::Client,
+            &format!(
+                "exec tcpdump -U -n -i eth0 -w {} 'tcp port 443 and (tcp[tcpflags] & (tcp-rst|tcp-fin) != 0)'",
+                pcap.display()
+            ),
+        );
+        wait_for(Duration::from_secs(30), "tcpdump capturing", || {
+            (std::fs::metadata(&pcap).ok()?.len() >= 24).then_some(())
+        })
+        .unwrap();
+        ClientCapture { pcap, tcpdump }
+    }
+
+    /// Waits for the connection's close (a FIN from the VIP: everything
+    /// before it is in the capture too) and returns the resets from the
+    /// VIP. curl itself may end with a RST (it closes without reading our
+    /// close_notify); a RST from the VIP must never be there.
+    fn resets_from_vip(self, s: &Setup) -> Vec<String> {
+        let vip = format!("{}.{} >", addr::VIP, addr::VIP_PORT);
+        let pcap = self.pcap.to_string_lossy().into_owned();
+        let lines = wait_for(
+            Duration::from_secs(30),
+            "the connection's close in the capture",
+            || {
+                let out = s
+                    .lab
+                    .exec(Node::Client, "tcpdump", &["-n", "-r", &pcap])
+                    .ok()?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.lines()
+                    .any(|l| l.contains(&vip) && l.contains("Flags [F"))
+                    .then_some(text)
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        drop(self.tcpdump.stop());
+        lines
+            .lines()
+            .filter(|l| l.contains(&vip) && l.contains("Flags [R"))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
 fn survive(tag: &str, death: Death, transfer: Transfer) {
     let (mut s, b) = pair_setup(tag);
     let dir = TempDir(temp_dir(&format!("{tag}-{}", s.lab.prefix())));
-    // What the client sees of resets and FINs on port 443.
-    let pcap = dir.0.join("client.pcap");
-    let capture = Script::spawn(
-        &s.lab,
-        Node::Client,
-        &format!(
-            "exec tcpdump -U -n -i eth0 -w {} 'tcp port 443 and (tcp[tcpflags] & (tcp-rst|tcp-fin) != 0)'",
-            pcap.display()
-        ),
-    );
-    wait_for(Duration::from_secs(30), "tcpdump capturing", || {
-        (std::fs::metadata(&pcap).ok()?.len() >= 24).then_some(())
-    })
-    .unwrap();
+    let capture = ClientCapture::start(&s, &dir);
     let ca = s.ca();
     let report = "-v -w '%{stderr}connects=%{num_connects}\\n'";
     let (script, n, upload) = match transfer {
@@ -994,35 +1037,7 @@ fn survive(tag: &str, death: Death, transfer: Transfer) {
             "{tag}: TLS version"
         );
     }
-    // The close of the connection (a FIN from the VIP) is in the capture:
-    // everything before it is too.
-    let vip = format!("{}.{} >", addr::VIP, addr::VIP_PORT);
-    let lines = wait_for(
-        Duration::from_secs(30),
-        "the connection's close in the capture",
-        || {
-            let out = s
-                .lab
-                .exec(
-                    Node::Client,
-                    "tcpdump",
-                    &["-n", "-r", &pcap.to_string_lossy()],
-                )
-                .ok()?;
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.lines()
-                .any(|l| l.contains(&vip) && l.contains("Flags [F"))
-                .then_some(text)
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    drop(capture.stop());
-    // curl itself may end with a RST (it closes without reading our
-    // close_notify); what must not be there is a RST from the VIP.
-    let resets: Vec<&str> = lines
-        .lines()
-        .filter(|l| l.contains(&vip) && l.contains("Flags [R"))
-        .collect();
+    let resets = capture.resets_from_vip(&s);
     assert!(
         resets.is_empty(),
         "{tag}: resets reached the client: {resets:?}"
@@ -1066,7 +1081,7 @@ fn a_thousand_flows_mid_transfer_survive_the_death_of_their_relay() {
         Node::Client,
         &format!(
             "{} --connect {}:443 --sni {SERVER_NAME} --ca {} \
-             --connections 1000 --bytes {} --timeout 120",
+             --connections 1000 --bytes {} --timeout 300",
             env!("CARGO_BIN_EXE_lab-load"),
             addr::VIP,
             s.ca(),
@@ -1082,7 +1097,7 @@ fn a_thousand_flows_mid_transfer_survive_the_death_of_their_relay() {
     .unwrap_or_else(|e| panic!("{e}\nrelay-a:\n{}", s.relay.log_tail(30)));
     let alive = s.relay.status().map(|st| st.flows_active).unwrap_or(0);
     s.relay.kill();
-    let done = load.finish(Duration::from_secs(400));
+    let done = load.finish(Duration::from_secs(900));
     eprint!("lab-load: {}{}", done.stdout, done.stderr);
     assert!(
         done.ok() && done.stdout.contains("connections=1000 ok=1000 failed=0"),
@@ -1967,4 +1982,127 @@ fn relay_peers_and_the_metrics_show_the_pair() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}\nrelay-a: {:?}\nrelay-b: {:?}", a.peers(), b.peers()));
+}
+
+/// The backplane between the relays is cut while a download runs through
+/// relay-a, and both relays stay alive: the front-path heartbeats keep
+/// each one from declaring the other dead, so relay-b takes nothing over
+/// (exactly one relay serves the VIP), relay-a's flow carries on with
+/// local commits, and when the backplane returns the pair re-forms. The
+/// download finishes byte-exact on its one connection with no reset.
+#[test]
+fn a_cut_backplane_with_both_relays_alive_leaves_one_relay_serving() {
+    let (s, b) = pair_setup("bpcut");
+    let dir = TempDir(temp_dir(&format!("bpcut-{}", s.lab.prefix())));
+    let peer_state =
+        |r: &RelayProcess| -> Option<String> { Some(r.peers().ok()?.peers.first()?.state.clone()) };
+    // The front path keys come with the first backplane connection.
+    wait_for(
+        Duration::from_secs(30),
+        "front-path heartbeats both ways",
+        || {
+            let heard = |r: &RelayProcess| {
+                r.metrics()
+                    .map(|m| m.sum("relay_front_heartbeats_total", &[("outcome", "heard")]))
+                    .unwrap_or(0.0)
+            };
+            (heard(&b) > 0.0 && heard(&s.relay) > 0.0).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\nrelay-b:\n{}", b.log_tail(30)));
+    let capture = ClientCapture::start(&s, &dir);
+    let n = 256 * MIB;
+    let script = format!(
+        "set -o pipefail; {} | sha256sum | cut -c1-64",
+        s.curl(
+            &s.ca(),
+            "--limit-rate 16M -v -w '%{stderr}connects=%{num_connects}\\n'",
+            &format!("/bytes/{n}")
+        )
+    );
+    let run = Script::spawn(&s.lab, Node::Client, &script);
+    wait_for(Duration::from_secs(120), "the download under way", || {
+        (s.relay.status().ok()?.bytes_down >= n / 10).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\nrelay-a:\n{}", s.relay.log_tail(30)));
+
+    s.lab
+        .exec(Node::RelayA, "ip", &["link", "set", "dev", "bp0", "down"])
+        .expect("backplane down");
+    wait_for(
+        Duration::from_secs(30),
+        "both relays to see the cut",
+        || (peer_state(&b)? == "cut" && peer_state(&s.relay)? == "cut").then_some(()),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: relay-b sees {:?}, relay-a {:?}\nrelay-b:\n{}",
+            peer_state(&b),
+            peer_state(&s.relay),
+            b.log_tail(30)
+        )
+    });
+    // The flow carries on unprotected: commits are local while cut.
+    let cut_at = s.relay.status().expect("relay-a status").bytes_down;
+    let unprotected = |r: &RelayProcess| {
+        r.metrics()
+            .map(|m| m.sum("relay_commits_unprotected_total", &[]))
+            .unwrap_or(0.0)
+    };
+    wait_for(
+        Duration::from_secs(120),
+        "relay-a's flow moving on local commits",
+        || {
+            let moved = s.relay.status().ok()?.bytes_down >= cut_at + 16 * MIB;
+            (moved && unprotected(&s.relay) > 0.0).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\nrelay-a:\n{}", s.relay.log_tail(30)));
+    // Well past the dead interval (8 x 50 ms) by now: nobody took over.
+    assert_eq!(peer_state(&b).as_deref(), Some("cut"));
+    assert!(
+        !b.log_tail(400).contains("took over"),
+        "relay-b took over a live relay's flows:\n{}",
+        b.log_tail(30)
+    );
+    let adopted = b
+        .metrics()
+        .expect("relay-b metrics")
+        .sum("relay_flows_adopted_total", &[]);
+    assert_eq!(adopted, 0.0, "relay-b adopted flows of a live relay");
+
+    s.lab
+        .exec(Node::RelayA, "ip", &["link", "set", "dev", "bp0", "up"])
+        .expect("backplane up");
+    wait_for(Duration::from_secs(60), "the pair to re-form", || {
+        (peer_state(&b)? == "up" && peer_state(&s.relay)? == "up").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\nrelay-b:\n{}", b.log_tail(30)));
+
+    let done = run.finish(Duration::from_secs(300));
+    assert!(
+        done.ok(),
+        "curl failed ({}): {}",
+        done.status,
+        done.stderr
+            .lines()
+            .rev()
+            .take(10)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(done.stdout.trim(), pattern_sha256(n), "not byte-exact");
+    assert!(done.stderr.contains("connects=1"), "one connection");
+    let resets = capture.resets_from_vip(&s);
+    assert!(resets.is_empty(), "resets reached the client: {resets:?}");
+    let status = b.status().expect("relay-b status");
+    assert_eq!(
+        (status.flows_opened, status.bytes_down),
+        (0, 0),
+        "relay-b served nothing: {status:?}"
+    );
+    eprintln!(
+        "bpcut: backplane cut at byte {cut_at} of {n}; relay-a committed locally ({} unprotected commits), relay-b took nothing over; the pair re-formed",
+        unprotected(&s.relay)
+    );
 }

@@ -116,6 +116,15 @@ pub fn start(
     );
     for p in &c.peers {
         bp = bp.peer(p.relay_id, p.name.clone(), p.address);
+        if let (Some(ours), Some(theirs)) = (c.front, p.front) {
+            bp = bp.front_path(ours, theirs);
+        }
+    }
+    if c.front.is_none() {
+        tracing::warn!(
+            "cluster.front is not set: a lost backplane will read as a dead peer, \
+             and both relays would serve its addresses"
+        );
     }
     bp.heartbeat = PeerConfig {
         interval: Duration::from_millis(c.heartbeat_interval_ms),
@@ -211,6 +220,14 @@ pub fn start(
                         }
                         BackplaneEvent::Disconnected { peer, reason } => {
                             tracing::info!(peer, ?reason, "backplane disconnected");
+                        }
+                        BackplaneEvent::BackplaneLost(peer) => {
+                            // Logged by the backplane; the peer stays up as
+                            // far as failover is concerned.
+                            tracing::info!(
+                                peer,
+                                "peer alive without a backplane: nothing taken over"
+                            );
                         }
                         BackplaneEvent::Control { .. } => {}
                     }

@@ -18,19 +18,22 @@ use relay_worker::{ReplicationFigures, ReplicationSnapshot, protection_name};
 use crate::control::{PeerLine, PeersReply};
 
 /// Every membership state, in the order the metrics list them.
-pub const STATES: [PeerState; 4] = [
+pub const STATES: [PeerState; 5] = [
     PeerState::Connecting,
     PeerState::Up,
     PeerState::Suspect,
+    PeerState::Cut,
     PeerState::Down,
 ];
 
-/// The name of a membership state: "connecting", "up", "suspect", "down".
+/// The name of a membership state: "connecting", "up", "suspect",
+/// "cut" (alive on the front network, backplane lost), "down".
 pub fn state_name(s: PeerState) -> &'static str {
     match s {
         PeerState::Connecting => "connecting",
         PeerState::Up => "up",
         PeerState::Suspect => "suspect",
+        PeerState::Cut => "cut",
         PeerState::Down => "down",
     }
 }
@@ -247,6 +250,8 @@ pub struct ClusterMetrics {
     registry: Arc<Registry>,
     peers: Vec<PeerSeries>,
     refused: Vec<(&'static str, Counter)>,
+    front: [Counter; 3],
+    backplane_lost: Counter,
     backlog_bytes: Gauge,
     backlog_messages: Gauge,
     flows_unprotected: Gauge,
@@ -270,9 +275,22 @@ impl ClusterMetrics {
                 )
             })
             .collect();
+        let front = |outcome: &str| {
+            r.counter(
+                "relay_front_heartbeats_total",
+                "Membership heartbeats over the front network (the second path): sent, heard from a peer, refused (not a beat, a stranger, a bad tag, a replay).",
+                &[("outcome", outcome)],
+            )
+        };
         ClusterMetrics {
             peers,
             refused,
+            front: [front("sent"), front("heard"), front("refused")],
+            backplane_lost: r.counter(
+                "relay_backplane_lost_total",
+                "Times a peer was heard on the front network with its backplane lost (nothing taken over; flows committed locally).",
+                &[],
+            ),
             backlog_bytes: r.gauge(
                 "relay_replication_backlog_bytes",
                 "Replication bytes sent or queued for the peer and not yet acknowledged.",
@@ -310,6 +328,15 @@ impl ClusterMetrics {
         for ((_, c), (_, n)) in self.refused.iter().zip(refusals(counters)) {
             c.set_total(n);
         }
+        let front = [
+            counters.front_sent,
+            counters.front_heard,
+            counters.front_refused,
+        ];
+        for (c, n) in self.front.iter().zip(front) {
+            c.set_total(n);
+        }
+        self.backplane_lost.set_total(counters.backplane_lost);
         let sum = |f: fn(&ReplicationSnapshot) -> u64| -> i64 {
             i64::try_from(workers.iter().map(f).sum::<u64>()).unwrap_or(i64::MAX)
         };
@@ -424,7 +451,7 @@ mod tests {
         );
         assert_eq!(
             STATES.map(state_name),
-            ["connecting", "up", "suspect", "down"]
+            ["connecting", "up", "suspect", "cut", "down"]
         );
     }
 

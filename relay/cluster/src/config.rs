@@ -23,6 +23,9 @@ pub struct PeerSpec {
     /// Its backplane address: we dial it there, and a connection that
     /// claims to be this peer must come from this IP.
     pub addr: SocketAddr,
+    /// Its address for front-path heartbeats (UDP on the front network):
+    /// membership's second path. `None`: backplane heartbeats only.
+    pub front: Option<SocketAddr>,
 }
 
 /// Configuration of one relay's backplane.
@@ -38,6 +41,11 @@ pub struct BackplaneConfig {
     pub listen: SocketAddr,
     /// The other relays.
     pub peers: Vec<PeerSpec>,
+    /// Our address for front-path heartbeats (UDP on the front network,
+    /// authenticated with a key both ends derive from their backplane TLS
+    /// session). `None`: no second path, and a lost backplane reads as
+    /// a dead peer.
+    pub front: Option<SocketAddr>,
     /// The cluster CA certificate(s), PEM: the only trust anchors for
     /// backplane connections, both ways.
     pub ca: PathBuf,
@@ -88,6 +96,7 @@ impl BackplaneConfig {
             name: name.into(),
             listen,
             peers: Vec::new(),
+            front: None,
             ca: ca.into(),
             cert_chain: cert_chain.into(),
             key: key.into(),
@@ -108,7 +117,17 @@ impl BackplaneConfig {
             id,
             name: name.into(),
             addr,
+            front: None,
         });
+        self
+    }
+
+    /// Sets our front-path address and the last added peer's.
+    pub fn front_path(mut self, ours: SocketAddr, peer: SocketAddr) -> Self {
+        self.front = Some(ours);
+        if let Some(p) = self.peers.last_mut() {
+            p.front = Some(peer);
+        }
         self
     }
 
@@ -154,6 +173,20 @@ impl BackplaneConfig {
                 return Err(bad(
                     "peers",
                     &format!("name {:?} is not unique in the cluster", p.name),
+                ));
+            }
+            if let Some(f) = p.front
+                && (f.ip().is_unspecified() || f.port() == 0)
+            {
+                return Err(bad(
+                    "peers",
+                    &format!("peer {}: front address {f} is not reachable", p.id),
+                ));
+            }
+            if p.front.is_some() != self.front.is_some() {
+                return Err(bad(
+                    "front",
+                    &format!("the front path needs both our address and peer {}'s", p.id),
                 ));
             }
             if p.addr.ip().is_unspecified() || p.addr.port() == 0 {

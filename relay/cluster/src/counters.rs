@@ -92,6 +92,15 @@ pub struct Counters {
     pub bytes_in: u64,
     /// Backplane bytes sent (plaintext, all peers).
     pub bytes_out: u64,
+    /// Front-path heartbeats sent (all peers).
+    pub front_sent: u64,
+    /// Front-path heartbeats accepted (all peers).
+    pub front_heard: u64,
+    /// Datagrams on the front-path port refused: not a beat, a stranger,
+    /// a bad tag, a replay, or no key yet.
+    pub front_refused: u64,
+    /// Times a peer was found alive with its backplane lost.
+    pub backplane_lost: u64,
 }
 
 /// The live counters.
@@ -115,6 +124,10 @@ pub(crate) struct AtomicCounters {
     messages_out: [AtomicU64; KIND_SLOTS],
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
+    pub(crate) front_sent: AtomicU64,
+    pub(crate) front_heard: AtomicU64,
+    pub(crate) front_refused: AtomicU64,
+    pub(crate) backplane_lost: AtomicU64,
 }
 
 /// Adds one; relaxed: counters order nothing.
@@ -160,6 +173,10 @@ impl AtomicCounters {
             messages_out: kinds(&self.messages_out),
             bytes_in: get(&self.bytes_in),
             bytes_out: get(&self.bytes_out),
+            front_sent: get(&self.front_sent),
+            front_heard: get(&self.front_heard),
+            front_refused: get(&self.front_refused),
+            backplane_lost: get(&self.backplane_lost),
         }
     }
 }

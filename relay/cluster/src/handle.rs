@@ -38,6 +38,10 @@ pub enum BackplaneEvent {
     },
     /// Membership: `peer` is up.
     PeerUp(RelayId),
+    /// Membership: `peer` is alive (heard on the front network) but the
+    /// backplane to it is lost. Its flows are not adopted; ours commit
+    /// locally until it reconnects.
+    BackplaneLost(RelayId),
     /// Membership: `peer` is down; its flows may be adopted
     /// ([`BackplaneHandle::take_all`]).
     PeerDown(RelayId),
@@ -70,6 +74,9 @@ pub enum DisconnectReason {
     Protocol,
     /// Peer: membership declared it down (no heartbeat on either path).
     PeerDown,
+    /// Network: no heartbeat on the backplane while the front network
+    /// still hears the peer.
+    BackplaneLost,
     /// Neither side: another connection to the same peer won the
     /// tie-break.
     Replaced,
@@ -176,6 +183,15 @@ impl Backplane {
                 addr: local_addr,
                 source,
             })?;
+        let front = match cfg.front {
+            Some(addr) => {
+                let bind_err = |source| Error::Bind { addr, source };
+                let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
+                socket.set_nonblocking(true).map_err(bind_err)?;
+                Some(socket)
+            }
+            None => None,
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -213,6 +229,7 @@ impl Backplane {
                     last_commit: None,
                     bytes_sent: 0,
                     bytes_received: 0,
+                    front_key: None,
                 }),
                 membership_wake: Notify::new(),
                 live_watch: watch::Sender::new(0),
@@ -251,7 +268,15 @@ impl Backplane {
             .name(format!("backplane-{}", shared.id))
             .spawn({
                 let shared = shared.clone();
-                move || runtime.block_on(crate::transport::run(shared, listener, tls, shutdown_rx))
+                move || {
+                    runtime.block_on(crate::transport::run(
+                        shared,
+                        listener,
+                        front,
+                        tls,
+                        shutdown_rx,
+                    ))
+                }
             })
             .map_err(Error::Runtime)?;
         tracing::info!(

@@ -28,6 +28,7 @@
 mod config;
 mod counters;
 mod error;
+mod front;
 mod handle;
 mod shared;
 mod tls;

@@ -17,6 +17,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::{BackplaneConfig, PeerSpec};
 use crate::counters::{AtomicCounters, bump, walk};
+use crate::front::{BeatError, FrontKey, claimed_sender};
 use crate::handle::{BackplaneEvent, DisconnectReason};
 use crate::worker::{PeerQueue, Tagged, WorkerEvent, WorkerTx};
 
@@ -127,6 +128,9 @@ pub(crate) struct SlotState {
     pub(crate) last_commit: Option<std::time::Instant>,
     pub(crate) bytes_sent: u64,
     pub(crate) bytes_received: u64,
+    /// The front-path key of the latest connection (kept after it ends:
+    /// that is when the front path matters).
+    pub(crate) front_key: Option<FrontKey>,
 }
 
 impl std::fmt::Debug for SlotState {
@@ -232,6 +236,7 @@ impl Shared {
         slot: &PeerSlot,
         hello: Hello,
         outbound: bool,
+        front_key: Option<FrontKey>,
     ) -> Option<(u64, watch::Receiver<Option<DisconnectReason>>)> {
         let peer = slot.spec.id;
         let mut wake = Wake::default();
@@ -291,6 +296,9 @@ impl Shared {
                 "backplane connection up"
             );
             st.hello = Some(hello);
+            if front_key.is_some() {
+                st.front_key = front_key;
+            }
             slot.queue.reset.store(false, Ordering::Release);
             slot.queue.live.store(generation, Ordering::Release);
             slot.live_watch.send_replace(generation);
@@ -508,6 +516,39 @@ impl Shared {
         DisconnectReason::Protocol
     }
 
+    /// A datagram arrived on the front-path port from `from`: a beat of a
+    /// peer (membership's second path), or something refused and counted.
+    pub(crate) fn front_datagram(&self, datagram: &[u8], from: std::net::SocketAddr) {
+        let checked = claimed_sender(datagram).and_then(|relay| {
+            let slot = self
+                .slots
+                .iter()
+                .find(|s| s.spec.id == relay && s.spec.front.is_some_and(|f| f.ip() == from.ip()))
+                .ok_or(BeatError::Stranger(relay))?;
+            let mut st = slot.lock();
+            st.front_key
+                .as_mut()
+                .ok_or(BeatError::NoKey(relay))?
+                .open(datagram, relay)?;
+            Ok((slot.clone(), st))
+        });
+        match checked {
+            Ok((slot, mut st)) => {
+                bump(&self.counters.front_heard);
+                let mut wake = Wake::default();
+                st.peer.handle_front_heard(self.clock.now());
+                self.drain_membership(&slot, &mut st, &mut wake);
+                drop(st);
+                wake.membership = true;
+                self.finish(&slot, wake);
+            }
+            Err(e) => {
+                bump(&self.counters.front_refused);
+                tracing::debug!(%from, error = %e, "front path: datagram refused");
+            }
+        }
+    }
+
     /// Acts on the membership events: heartbeats to send, up and down.
     pub(crate) fn drain_membership(&self, slot: &PeerSlot, st: &mut SlotState, wake: &mut Wake) {
         let peer = slot.spec.id;
@@ -525,6 +566,22 @@ impl Shared {
                     let g = st.live.as_ref().map_or(0, |l| l.generation);
                     self.to_all_workers(g, WorkerEvent::PeerUp(peer), wake);
                     self.app_event(BackplaneEvent::PeerUp(peer));
+                }
+                PeerEvent::BackplaneLost => {
+                    tracing::warn!(
+                        peer,
+                        "backplane lost, the peer is alive (heard on the front network): \
+                         flows commit locally, nothing is taken over"
+                    );
+                    bump(&self.counters.backplane_lost);
+                    let g = st.live.as_ref().map_or(0, |l| l.generation);
+                    // As for a dead peer, the workers stop waiting for its
+                    // acknowledgements; a new connection re-seeds them.
+                    if let Some(live) = st.live.as_ref() {
+                        set_reason(&live.close, DisconnectReason::BackplaneLost);
+                    }
+                    self.to_all_workers(g, WorkerEvent::PeerDown(peer), wake);
+                    self.app_event(BackplaneEvent::BackplaneLost(peer));
                 }
                 PeerEvent::PeerDown => {
                     tracing::warn!(peer, "backplane: peer down");

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsStream;
 
 use crate::counters::bump;
+use crate::front::{EXPORTER_LABEL, FrontKey, KEY_LEN};
 use crate::handle::DisconnectReason;
 use crate::shared::{PeerSlot, Shared, Wake};
 use crate::tls::{Tls, is_certificate_error, names_peer};
@@ -29,6 +30,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 pub(crate) async fn run(
     shared: Arc<Shared>,
     listener: std::net::TcpListener,
+    front: Option<std::net::UdpSocket>,
     tls: Tls,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -42,6 +44,9 @@ pub(crate) async fn run(
     for slot in &shared.slots {
         tokio::spawn(membership(shared.clone(), slot.clone()));
         tokio::spawn(dial_loop(shared.clone(), slot.clone(), tls.clone()));
+    }
+    if let Some(socket) = front {
+        tokio::spawn(front_path(shared.clone(), socket));
     }
     loop {
         tokio::select! {
@@ -96,6 +101,67 @@ async fn membership(shared: Arc<Shared>, slot: Arc<PeerSlot>) {
                 shared.finish(&slot, wake);
             }
             _ = slot.membership_wake.notified() => {}
+        }
+    }
+}
+
+/// Membership's second path (see `front`): a beat to every peer we share
+/// a key with each interval, and the peers' beats in.
+async fn front_path(shared: Arc<Shared>, socket: std::net::UdpSocket) {
+    let socket = match tokio::net::UdpSocket::from_std(socket) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "front path: cannot use the socket; backplane heartbeats only");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(shared.cfg.heartbeat.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = [0u8; 512];
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                for slot in &shared.slots {
+                    let Some(to) = slot.spec.front else { continue };
+                    let beat = slot.lock().front_key.as_mut().map(|k| k.seal(shared.id));
+                    if let Some(beat) = beat {
+                        match socket.send_to(&beat, to).await {
+                            Ok(_) => bump(&shared.counters.front_sent),
+                            Err(e) => tracing::debug!(%to, error = %e, "front path: send failed"),
+                        }
+                    }
+                }
+            }
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => shared.front_datagram(&buf[..n], from),
+                Err(e) => tracing::debug!(error = %e, "front path: receive failed"),
+            },
+        }
+    }
+}
+
+/// The key of the front path for this connection's session, both ends
+/// alike (RFC 8446 section 7.5). `None` only if the session cannot export,
+/// which a finished TLS 1.3 handshake always can.
+fn front_key(stream: &TlsStream<TcpStream>) -> Option<FrontKey> {
+    let mut material = [0u8; KEY_LEN];
+    let exported = match stream {
+        TlsStream::Client(s) => s
+            .get_ref()
+            .1
+            .export_keying_material(&mut material, EXPORTER_LABEL, None)
+            .map(|_| ()),
+        TlsStream::Server(s) => s
+            .get_ref()
+            .1
+            .export_keying_material(&mut material, EXPORTER_LABEL, None)
+            .map(|_| ()),
+    };
+    match exported {
+        Ok(()) => Some(FrontKey::new(&material)),
+        Err(e) => {
+            tracing::warn!(error = %e, "front path: no key from this session");
+            None
         }
     }
 }
@@ -424,7 +490,12 @@ async fn connection(
     hello: Hello,
     deframer: Deframer,
 ) {
-    let Some((generation, close)) = shared.install(&slot, hello, outbound) else {
+    let key = if shared.cfg.front.is_some() {
+        front_key(&stream)
+    } else {
+        None
+    };
+    let Some((generation, close)) = shared.install(&slot, hello, outbound, key) else {
         return;
     };
     let (rd, wr) = tokio::io::split(stream);

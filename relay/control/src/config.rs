@@ -294,6 +294,12 @@ pub struct Cluster {
     /// before it is declared dead and its flows adopted.
     #[serde(default = "default_heartbeat_misses")]
     pub heartbeat_misses: u32,
+    /// This relay's own address and UDP port on the front network for
+    /// membership's second path (heartbeats authenticated with a key from
+    /// the backplane session). With it, a lost backplane alone never makes
+    /// two relays serve one VIP; every peer then needs its `front` too.
+    #[serde(default)]
+    pub front: Option<SocketAddr>,
     /// The other relays.
     #[serde(rename = "peer", default)]
     pub peers: Vec<PeerRelay>,
@@ -309,6 +315,9 @@ pub struct PeerRelay {
     pub relay_id: u16,
     /// Its backplane address and port.
     pub address: SocketAddr,
+    /// Its front-path address and UDP port (see `cluster.front`).
+    #[serde(default)]
+    pub front: Option<SocketAddr>,
 }
 
 fn default_heartbeat_interval_ms() -> u64 {
@@ -599,6 +608,12 @@ impl Config {
                     ),
                 ));
             }
+            if p.front.is_some() != c.front.is_some() {
+                return Err(invalid(
+                    format!("cluster.peer[{i}].front"),
+                    "set cluster.front and every peer's front, or none of them".into(),
+                ));
+            }
             if p.name.trim().is_empty() || !names.insert(p.name.as_str()) {
                 return Err(invalid(
                     format!("cluster.peer[{i}].name"),
@@ -811,7 +826,34 @@ address = "10.200.3.2:7000"
                 text.replace("owner = \"relay-b\"", "owner = \"relay-c\""),
                 "service[0].owner",
             ),
+            // The front path needs both ends.
+            (
+                text.replace(
+                    "key = \"relay-a.key\"",
+                    "key = \"relay-a.key\"\nfront = \"10.200.1.2:7000\"",
+                ),
+                "cluster.peer[0].front",
+            ),
         ];
+        let both = text
+            .replace(
+                "key = \"relay-a.key\"",
+                "key = \"relay-a.key\"\nfront = \"10.200.1.2:7000\"",
+            )
+            .replace(
+                "address = \"10.200.3.2:7000\"",
+                "address = \"10.200.3.2:7000\"\nfront = \"10.200.1.3:7000\"",
+            );
+        let with_front = Config::parse(&both, path()).unwrap();
+        with_front.validate(path(), false).unwrap();
+        let cl = with_front.cluster.as_ref().unwrap();
+        assert_eq!(
+            (cl.front, cl.peers[0].front),
+            (
+                Some("10.200.1.2:7000".parse().unwrap()),
+                Some("10.200.1.3:7000".parse().unwrap())
+            )
+        );
         for (text, field) in cases {
             let c = Config::parse(&text, path()).unwrap();
             match c.validate(path(), false) {

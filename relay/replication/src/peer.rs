@@ -63,6 +63,10 @@ pub enum PeerState {
     /// Backplane heartbeats are late, but one path was heard within
     /// `dead_after`: not down (a cut backplane alone is never a death).
     Suspect,
+    /// The backplane silent for `dead_after`, the front network not: the
+    /// peer is alive but cannot be reached. Nobody takes anything over;
+    /// flows commit locally (unprotected) until the backplane returns.
+    Cut,
     /// Both paths silent for `dead_after`: take over its services. Only a
     /// backplane heartbeat brings it back.
     Down,
@@ -75,6 +79,9 @@ pub enum PeerEvent {
     PeerUp,
     /// The peer is down: adopt its flows, take its services.
     PeerDown,
+    /// The peer is alive (heard over the front network) but the backplane
+    /// is lost: stop waiting for its acknowledgements; take nothing over.
+    BackplaneLost,
     /// Send this heartbeat on the backplane (if connected).
     SendHeartbeat(Heartbeat),
 }
@@ -220,9 +227,16 @@ impl Peer {
         // Suspect, Connecting and Suspect turn Down.
         let change = match self.state {
             PeerState::Up => Some(bp + self.cfg.suspect_after()),
-            PeerState::Connecting | PeerState::Suspect => {
-                Some(bp.max(front) + self.cfg.dead_after())
+            // Cut at `bp + dead` if the front is fresh then, else down.
+            PeerState::Suspect => {
+                let cut_at = bp + self.cfg.dead_after();
+                if front + self.cfg.suspect_after() > cut_at {
+                    Some(cut_at)
+                } else {
+                    Some(bp.max(front) + self.cfg.dead_after())
+                }
             }
+            PeerState::Connecting | PeerState::Cut => Some(bp.max(front) + self.cfg.dead_after()),
             PeerState::Down => None,
         };
         if let Some(c) = change {
@@ -271,12 +285,20 @@ impl Peer {
         let dead = self.cfg.dead_after();
         let both_silent = bp_silent >= dead && front_silent >= dead;
         let bp_fresh = self.heard_backplane.is_some() && bp_silent < self.cfg.suspect_after();
+        let front_fresh = self.heard_front.is_some() && front_silent < self.cfg.suspect_after();
         let next = match self.state {
             PeerState::Down if bp_fresh => PeerState::Up,
             PeerState::Down => PeerState::Down,
             _ if both_silent => PeerState::Down,
             _ if bp_fresh => PeerState::Up,
             PeerState::Connecting => PeerState::Connecting,
+            // A dying relay falls silent on both paths within an interval
+            // or so: only a front still fresh when the backplane is given
+            // up means a cut, not a death about to be declared.
+            PeerState::Up | PeerState::Suspect if bp_silent >= dead && front_fresh => {
+                PeerState::Cut
+            }
+            PeerState::Cut => PeerState::Cut,
             PeerState::Up | PeerState::Suspect => PeerState::Suspect,
         };
         if next == self.state {
@@ -284,9 +306,10 @@ impl Peer {
         }
         tracing::info!(from = ?self.state, to = ?next, "peer state");
         match (self.state, next) {
-            (PeerState::Connecting | PeerState::Down, PeerState::Up) => {
+            (PeerState::Connecting | PeerState::Down | PeerState::Cut, PeerState::Up) => {
                 self.events.push_back(PeerEvent::PeerUp)
             }
+            (_, PeerState::Cut) => self.events.push_back(PeerEvent::BackplaneLost),
             (_, PeerState::Down) => self.events.push_back(PeerEvent::PeerDown),
             _ => {}
         }

@@ -98,8 +98,15 @@ fn losing_one_path_never_makes_the_peer_down() {
     // Backplane cut at 200 ms, front still heard.
     let mut w = Watch::new();
     w.run(2000, |t| t < 200, |_| true);
-    assert_eq!(w.peer.state(), PeerState::Suspect);
-    assert_eq!(w.log, [(at(20), PeerEvent::PeerUp)]);
+    assert_eq!(w.peer.state(), PeerState::Cut);
+    assert_eq!(
+        w.log,
+        [
+            (at(20), PeerEvent::PeerUp),
+            (at(280), PeerEvent::BackplaneLost)
+        ],
+        "cut 100 ms after the last backplane heartbeat, never down"
+    );
     // Front silent, backplane fine.
     let mut w = Watch::new();
     w.run(2000, |_| true, |_| false);
@@ -127,7 +134,7 @@ fn losing_both_paths_makes_it_down_after_interval_times_misses() {
 #[test]
 fn suspect_after_two_intervals_of_backplane_silence() {
     let mut w = Watch::new();
-    w.run(300, |t| t < 200, |_| true);
+    w.run(250, |t| t < 200, |_| true);
     // 180 ms was the last heartbeat; suspect at 220 ms.
     let mut w2 = Watch::new();
     w2.run(219, |t| t < 200, |_| true);
@@ -235,4 +242,33 @@ fn two_peers_measure_their_round_trip() {
             rtt.latest
         );
     }
+}
+
+#[test]
+fn a_cut_backplane_heals_and_a_cut_peer_that_falls_silent_is_down() {
+    let mut w = Watch::new();
+    // Backplane lost from 200 ms to 600 ms, the front heard throughout.
+    w.run(800, |t| !(200..600).contains(&t), |_| true);
+    assert_eq!(w.peer.state(), PeerState::Up);
+    assert_eq!(
+        w.log,
+        [
+            (at(20), PeerEvent::PeerUp),
+            (at(280), PeerEvent::BackplaneLost),
+            (at(600), PeerEvent::PeerUp),
+        ]
+    );
+    // Cut, then the front falls silent too (last heard at 1010 ms): down
+    // 100 ms after that, whatever the backplane said before.
+    let mut w = Watch::new();
+    w.run(1500, |t| t < 200, |t| t < 1020);
+    assert_eq!(w.peer.state(), PeerState::Down);
+    assert_eq!(
+        w.log,
+        [
+            (at(20), PeerEvent::PeerUp),
+            (at(280), PeerEvent::BackplaneLost),
+            (at(1110), PeerEvent::PeerDown),
+        ]
+    );
 }
