@@ -583,6 +583,8 @@ fn fuzz(seconds: u64) -> Result<()> {
         ("relay/tls/fuzz", "deframe"),
         ("relay/tls/fuzz", "record_open"),
         ("relay/replication/fuzz", "deframe"),
+        ("relay/flow/fuzz", "tcp_checkpoint"),
+        ("relay/flow/fuzz", "flow_checkpoint"),
     ];
     for (i, (dir, target)) in targets.iter().enumerate() {
         step(&format!(

@@ -73,6 +73,13 @@ pub enum Command {
     },
     /// Take no new flows; the current ones run to their end.
     Drain,
+    /// Planned move: hand every flow and address to the peer relay
+    /// (maintenance, failback), without waiting for flows to end.
+    Handoff,
+    /// Serve every address now, with the peer's flows (e.g. from a
+    /// keepalived notify script): the live peer is asked to hand off; a
+    /// dead one's flows are adopted from the standby store.
+    Takeover,
     /// Re-read certificates and backends from the configuration file.
     Reload,
 }

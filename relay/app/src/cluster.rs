@@ -4,19 +4,20 @@
 //! the peer's addresses (VIPs and the back-side address) and announces them
 //! with gratuitous ARP on both sides.
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use relay_cluster::{Backplane, BackplaneConfig, BackplaneEvent, BackplaneHandle};
+use relay_cluster::{Backplane, BackplaneConfig, BackplaneHandle};
 use relay_control::config::Config;
-use relay_datapath::{SteerProgram, garp, neighbour, netlink};
+use relay_datapath::SteerProgram;
 use relay_flow::{FlowCheckpoint, apply_delta};
 use relay_replication::{Outbox, OutboxConfig, PeerConfig, RelayId};
-use relay_worker::{AdoptCommand, Adoption, Replication, Shared, Worker};
+use relay_worker::{AdoptCommand, Replication, Shared, Worker};
+
+use crate::pair::{Pair, PairCommand};
 
 /// Which of the relay's addresses it serves now, and which it stands by for.
 #[derive(Debug, Clone)]
@@ -26,11 +27,14 @@ pub struct Addresses {
 }
 
 impl Addresses {
-    /// At start: a service's VIP is served here when the service names no
-    /// owner or names this relay; the back-side address goes with them
-    /// (a pair shares one back-side address).
+    /// At start: a relay alone serves every VIP and the back-side address;
+    /// a relay of a pair serves none yet (the pair settles it). A pair
+    /// shares one back-side address, served with any VIP.
     pub fn at_start(config: &Config) -> Addresses {
-        let mine = |owner: &str| owner.is_empty() || owner == config.name;
+        // A relay of a pair serves nothing until it knows what its peer
+        // serves (see `pair`): it may be coming back after a failover.
+        let clustered = config.cluster.is_some();
+        let mine = |owner: &str| !clustered && (owner.is_empty() || owner == config.name);
         let mut all: Vec<(Ipv4Addr, bool)> = config
             .services
             .iter()
@@ -63,6 +67,8 @@ pub struct Takeover {
 pub struct ClusterRuntime {
     /// The backplane's handle (peers, counters, shutdown).
     pub handle: BackplaneHandle,
+    /// `relay handoff` and `relay takeover` go here.
+    pub commands: crossbeam_channel::Sender<PairCommand>,
     stop: Arc<AtomicBool>,
 }
 
@@ -78,14 +84,6 @@ impl Drop for ClusterRuntime {
         self.handle.shutdown();
     }
 }
-
-/// How long the dead relay may have kept sending after a flow's last
-/// checkpoint reached us: the adopter's TCP timestamps start that far
-/// ahead, so that none is below one the old relay sent (the client would
-/// drop it, RFC 7323 PAWS). A flow may be idle for long after its last
-/// commit, so this is generous; a timestamp clock that jumps forward costs
-/// nothing.
-const OLD_OWNER_RAN_AT_MOST: Duration = Duration::from_secs(600);
 
 /// The standby rebuilds a peer's full checkpoint from each delta with the
 /// flow layer's own codec.
@@ -152,88 +150,28 @@ pub fn start(
     let handle = backplane.handle.clone();
     let events = backplane.events;
     let stop = Arc::new(AtomicBool::new(false));
-    let peer_names: HashMap<RelayId, String> = c
-        .peers
-        .iter()
-        .map(|p| (p.relay_id, p.name.clone()))
-        .collect();
-    let owners: Vec<(Ipv4Addr, String)> = config
+    let own_vips: Vec<Ipv4Addr> = config
         .services
         .iter()
-        .map(|s| (s.vip, s.owner.clone()))
+        .filter(|s| s.owner.is_empty() || s.owner == config.name)
+        .map(|s| s.vip)
         .collect();
-    let back_addr = config.back.address;
+    let (commands, command_rx) = crossbeam_channel::unbounded();
+    let pair = Pair::new(
+        handle.clone(),
+        (peer_id, peer.name.clone()),
+        adopt_tx,
+        waker,
+        takeover,
+        own_vips,
+        config.back.address,
+    );
     {
-        let handle = handle.clone();
         let stop = stop.clone();
         std::thread::Builder::new()
-            .name("relay-failover".into())
-            .spawn(move || {
-                let mut takeover = takeover;
-                // Only a peer that was up can die: one that never came up
-                // (it starts after us) has no flows and no addresses to take.
-                let mut was_up = std::collections::HashSet::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok(event) = events.recv_timeout(Duration::from_millis(200)) else {
-                        continue;
-                    };
-                    match event {
-                        BackplaneEvent::PeerDown(peer) if !was_up.remove(&peer) => {
-                            tracing::info!(peer, "peer not up yet");
-                        }
-                        BackplaneEvent::PeerDown(peer) => {
-                            // relay_failover_seconds: from PeerDown to the
-                            // addresses announced (fail_over's total_ms).
-                            let down_at = Instant::now();
-                            let name = peer_names.get(&peer).cloned().unwrap_or_default();
-                            let vips: Vec<Ipv4Addr> = owners
-                                .iter()
-                                .filter(|(_, o)| *o == name)
-                                .map(|(v, _)| *v)
-                                .collect();
-                            match fail_over(
-                                &handle,
-                                peer,
-                                &name,
-                                &vips,
-                                back_addr,
-                                &adopt_tx,
-                                &waker,
-                                &mut takeover,
-                            ) {
-                                Ok(()) => {
-                                    let m = &takeover.shared.metrics;
-                                    m.failovers.inc();
-                                    m.failover_seconds.observe(down_at.elapsed().as_secs_f64());
-                                }
-                                Err(e) => {
-                                    tracing::error!(peer = %name, error = %e, "failover failed");
-                                }
-                            }
-                        }
-                        BackplaneEvent::PeerUp(peer) => {
-                            was_up.insert(peer);
-                            tracing::info!(peer, "peer up");
-                        }
-                        BackplaneEvent::Connected { peer, outbound } => {
-                            tracing::info!(peer, outbound, "backplane connected");
-                        }
-                        BackplaneEvent::Disconnected { peer, reason } => {
-                            tracing::info!(peer, ?reason, "backplane disconnected");
-                        }
-                        BackplaneEvent::BackplaneLost(peer) => {
-                            // Logged by the backplane; the peer stays up as
-                            // far as failover is concerned.
-                            tracing::info!(
-                                peer,
-                                "peer alive without a backplane: nothing taken over"
-                            );
-                        }
-                        BackplaneEvent::Control { .. } => {}
-                    }
-                }
-            })
-            .context("starting the failover thread")?;
+            .name("relay-pair".into())
+            .spawn(move || pair.run(events, command_rx, stop))
+            .context("starting the pair thread")?;
     }
     tracing::info!(
         relay_id = c.relay_id,
@@ -241,88 +179,9 @@ pub fn start(
         peer = %peer.name,
         "backplane up: replicating to the peer"
     );
-    Ok(Some(ClusterRuntime { handle, stop }))
-}
-
-/// The peer is dead: adopt its flows, then serve its addresses.
-#[allow(clippy::too_many_arguments)]
-fn fail_over(
-    handle: &BackplaneHandle,
-    peer: RelayId,
-    name: &str,
-    vips: &[Ipv4Addr],
-    back_addr: Ipv4Addr,
-    adopt_tx: &mpsc::Sender<AdoptCommand>,
-    waker: &Arc<dyn Fn() + Send + Sync>,
-    t: &mut Takeover,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let taken = handle
-        .take_all(peer)
-        .with_context(|| format!("taking {name}'s flows from the standby store"))?;
-    let mut macs: HashMap<Ipv4Addr, [u8; 6]> = HashMap::new();
-    let mut resolve = |ip: Ipv4Addr| -> [u8; 6] {
-        *macs.entry(ip).or_insert_with(|| {
-            neighbour::resolve(ip, Duration::from_millis(500)).unwrap_or([0xff; 6])
-        })
-    };
-    let mut batch = Vec::with_capacity(taken.len());
-    for a in taken {
-        let checkpoint = match FlowCheckpoint::from_bytes(&a.bytes) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(flow = ?a.flow, error = %e, "a standby checkpoint does not decode");
-                continue;
-            }
-        };
-        let client_mac = resolve(*checkpoint.front.tuple.remote.ip());
-        let backend_mac = resolve(*checkpoint.back.tuple.remote.ip());
-        batch.push(Adoption {
-            checkpoint,
-            elapsed: OLD_OWNER_RAN_AT_MOST,
-            client_mac,
-            backend_mac,
-        });
-    }
-    let n = batch.len() as u64;
-    let before = t.shared.metrics.flows_adopted.get();
-    if adopt_tx.send(AdoptCommand::Adopt(batch)).is_err() {
-        bail!("the worker is gone");
-    }
-    waker();
-    // The addresses move only once the flows are installed: a segment that
-    // reaches this relay for a flow it does not hold yet would be reset.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while t.shared.metrics.flows_adopted.get() < before + n && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let adopted = Instant::now();
-    for (addr, served) in t.addresses.all.iter_mut() {
-        if vips.contains(addr) || *addr == back_addr {
-            *served = true;
-        }
-    }
-    if let Ok(mut s) = t.steer.lock() {
-        s.0.set_addresses(&t.addresses.all)?;
-        s.1.set_addresses(&t.addresses.all)?;
-    }
-    for vip in vips {
-        netlink::add_address(&t.front.0, *vip)?;
-    }
-    netlink::add_address(&t.back.0, back_addr)?;
-    garp::announce(&t.front.0, t.front.1, vips)?;
-    garp::announce(&t.back.0, t.back.1, &[back_addr])?;
-    // The nudges sent at adoption may have gone to the dead relay's MAC:
-    // again, now that the neighbour caches name ours.
-    if adopt_tx.send(AdoptCommand::Nudge).is_ok() {
-        waker();
-    }
-    tracing::info!(
-        peer = %name,
-        flows = n,
-        adopt_ms = (adopted - started).as_secs_f64() * 1e3,
-        total_ms = started.elapsed().as_secs_f64() * 1e3,
-        "took over the peer's flows and addresses"
-    );
-    Ok(())
+    Ok(Some(ClusterRuntime {
+        handle,
+        commands,
+        stop,
+    }))
 }

@@ -68,6 +68,10 @@ pub enum Request {
     Drain,
     /// Re-read the configuration file: certificates and backends.
     Reload,
+    /// Move every flow and address to the peer relay.
+    Handoff,
+    /// Serve every address, with the peer's flows.
+    Takeover,
 }
 
 impl Request {
@@ -79,6 +83,8 @@ impl Request {
             Request::Peers => "peers",
             Request::Drain => "drain",
             Request::Reload => "reload",
+            Request::Handoff => "handoff",
+            Request::Takeover => "takeover",
         }
     }
 }
@@ -380,6 +386,14 @@ pub trait ControlHandler {
     /// Re-reads the configuration; `Err` names what is wrong (the relay
     /// keeps the configuration it has).
     fn reload(&self) -> Result<ReloadReply, String>;
+    /// Moves every flow and address to the peer; `Ok` says what moved.
+    fn handoff(&self) -> Result<String, String> {
+        Err("this relay has no peer".into())
+    }
+    /// Serves every address with the peer's flows; `Ok` says what moved.
+    fn takeover(&self) -> Result<String, String> {
+        Err("this relay has no peer".into())
+    }
 }
 
 /// Answers one request line (without its newline). A handler that panics
@@ -401,6 +415,12 @@ pub fn dispatch(handler: &dyn ControlHandler, line: &[u8]) -> Response {
         Request::Reload => handler
             .reload()
             .map_or_else(Response::Error, Response::Reload),
+        Request::Handoff => handler
+            .handoff()
+            .map_or_else(Response::Error, Response::Message),
+        Request::Takeover => handler
+            .takeover()
+            .map_or_else(Response::Error, Response::Message),
     }));
     answer.unwrap_or_else(|_| {
         tracing::error!(cmd = request.name(), "control handler panicked");
@@ -824,9 +844,23 @@ impl ControlClient {
 
     /// `drain`: what the relay says it does.
     pub fn drain(&mut self) -> Result<String, Error> {
-        match self.request(&Request::Drain)? {
+        self.message(Request::Drain)
+    }
+
+    /// `handoff`: what moved to the peer.
+    pub fn handoff(&mut self) -> Result<String, Error> {
+        self.message(Request::Handoff)
+    }
+
+    /// `takeover`: what this relay serves now.
+    pub fn takeover(&mut self) -> Result<String, Error> {
+        self.message(Request::Takeover)
+    }
+
+    fn message(&mut self, request: Request) -> Result<String, Error> {
+        match self.request(&request)? {
             Response::Message(m) => Ok(m),
-            other => Err(unexpected(Request::Drain, other)),
+            other => Err(unexpected(request, other)),
         }
     }
 
@@ -1020,6 +1054,8 @@ mod tests {
             (Request::Flows, r#"{"cmd":"flows"}"#),
             (Request::Peers, r#"{"cmd":"peers"}"#),
             (Request::Drain, r#"{"cmd":"drain"}"#),
+            (Request::Handoff, r#"{"cmd":"handoff"}"#),
+            (Request::Takeover, r#"{"cmd":"takeover"}"#),
             (Request::Reload, r#"{"cmd":"reload"}"#),
         ] {
             assert_eq!(serde_json::to_string(&r).unwrap(), text);

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod cluster;
 pub mod control;
 mod error;
+pub mod pair;
 pub mod peers;
 pub mod run;
 

@@ -62,6 +62,14 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             println!("{}", connect(&socket)?.drain()?);
             Ok(())
         }
+        Command::Handoff => {
+            println!("{}", connect(&socket)?.handoff()?);
+            Ok(())
+        }
+        Command::Takeover => {
+            println!("{}", connect(&socket)?.takeover()?);
+            Ok(())
+        }
         Command::Reload => {
             print!("{}", cli::format_reload(&connect(&socket)?.reload()?));
             Ok(())

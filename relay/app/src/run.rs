@@ -28,6 +28,7 @@ use crate::control::{
     BackendLine, ControlHandler, ControlServer, FlowLine, PeersReply, RelayState, ReloadReply,
     StatusReply,
 };
+use crate::pair::PairCommand;
 use crate::peers::ClusterMetrics;
 
 /// Sessions kept for resumption (TLS 1.2 IDs and TLS 1.3 stateful tickets).
@@ -63,10 +64,12 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         max_flows: config.limits.max_flows as usize,
         // One worker (one rx queue per interface, checked above).
         replication: vec![ReplicationFigures::default()],
+        frozen: AtomicBool::new(false),
     });
     // The backplane starts once the worker exists (below); the admin
     // endpoint and the control socket, up before it, find it here.
     let backplane: Arc<OnceLock<BackplaneHandle>> = Arc::new(OnceLock::new());
+    let pair: Arc<OnceLock<crossbeam_channel::Sender<PairCommand>>> = Arc::new(OnceLock::new());
     let cluster_metrics = config.cluster.as_ref().map(|c| {
         let names: Vec<String> = c.peers.iter().map(|p| p.name.clone()).collect();
         ClusterMetrics::new(registry.clone(), &names)
@@ -182,6 +185,7 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
         name: config.name.clone(),
         relay_id: config.cluster.as_ref().map(|c| c.relay_id),
         backplane: backplane.clone(),
+        pair: pair.clone(),
     });
     let mut control = ControlServer::bind(&config.control_socket)
         .with_context(|| format!("control socket {}", config.control_socket.display()))?;
@@ -284,6 +288,7 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<()> {
     )?;
     if let Some(c) = &cluster {
         let _ = backplane.set(c.handle.clone());
+        let _ = pair.set(c.commands.clone());
     }
     tracing::info!(
         name = %config.name,
@@ -479,6 +484,28 @@ struct Handler {
     relay_id: Option<u16>,
     /// The backplane, once started.
     backplane: Arc<OnceLock<BackplaneHandle>>,
+    /// The pair thread's commands, once started.
+    pair: Arc<OnceLock<crossbeam_channel::Sender<PairCommand>>>,
+}
+
+impl Handler {
+    fn pair_command(
+        &self,
+        make: fn(crossbeam_channel::Sender<Result<String, String>>) -> PairCommand,
+    ) -> Result<String, String> {
+        let Some(tx) = self.pair.get() else {
+            return Err(
+                "this relay has no peer (no [cluster] section), or it is still starting".into(),
+            );
+        };
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        tx.send(make(reply))
+            .map_err(|_| "the pair thread is gone".to_string())?;
+        // Within the CLI's timeout: the pair gives up a handoff after 3 s.
+        answer
+            .recv_timeout(Duration::from_millis(4500))
+            .map_err(|_| "no answer from the pair thread in time; see the log".to_string())?
+    }
 }
 
 impl ControlHandler for Handler {
@@ -550,6 +577,14 @@ impl ControlHandler for Handler {
             self.backplane.get(),
             &self.shared.replication,
         )
+    }
+
+    fn handoff(&self) -> Result<String, String> {
+        self.pair_command(PairCommand::Handoff)
+    }
+
+    fn takeover(&self) -> Result<String, String> {
+        self.pair_command(PairCommand::Takeover)
     }
 
     fn drain(&self) -> Result<String, String> {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Receiver;
 use relay_replication::{
-    Adopted, CheckpointCodec, FlowId, Message, Peer, PeerState, RelayId, Rtt, Standby,
+    Adopted, CheckpointCodec, Envelope, FlowId, Message, Peer, PeerState, RelayId, Rtt, Standby,
     StandbyConfig, StandbyStats,
 };
 use tokio::sync::{Notify, watch};
@@ -414,6 +414,28 @@ impl BackplaneHandle {
             shared.drain_membership(slot, &mut st, &mut wake);
         }
         wake.membership = true;
+        shared.finish(slot, wake);
+        Ok(())
+    }
+
+    /// Sends a control message (takeover, handoff, handoff done) to
+    /// `peer` on the live connection, ahead of the workers' batches not
+    /// yet written. [`Error::NotConnected`] if none is live.
+    pub fn send_control(&self, peer: RelayId, message: Message) -> Result<(), Error> {
+        let shared = &self.inner.shared;
+        let slot = self.slot(peer)?;
+        {
+            let mut st = slot.lock();
+            let live = st.live.as_mut().ok_or(Error::NotConnected(peer))?;
+            Envelope::control(shared.id, message)
+                .encode(&mut live.control)
+                .map_err(|e| Error::Config {
+                    field: "control message",
+                    why: e.to_string(),
+                })?;
+        }
+        let mut wake = Wake::default();
+        wake.writer = true;
         shared.finish(slot, wake);
         Ok(())
     }

@@ -121,17 +121,22 @@ fn request(index: u32, fd: i32, flags: u32) -> Vec<u8> {
     m
 }
 
-/// The RTM_NEWADDR request for `addr/32` on interface `index`.
-fn addr_request(index: u32, addr: Ipv4Addr) -> Vec<u8> {
+/// The RTM_NEWADDR (or, with `remove`, RTM_DELADDR) request for
+/// `addr/32` on interface `index`.
+fn addr_request(index: u32, addr: Ipv4Addr, remove: bool) -> Vec<u8> {
     const IFADDRMSG_LEN: usize = 8;
     let total = NLMSG_HDR_LEN + IFADDRMSG_LEN + 8 + 8;
     let mut m = Vec::with_capacity(total);
-    header(
-        &mut m,
-        total,
-        libc::RTM_NEWADDR,
-        (libc::NLM_F_CREATE | libc::NLM_F_REPLACE) as u16,
-    );
+    if remove {
+        header(&mut m, total, libc::RTM_DELADDR, 0);
+    } else {
+        header(
+            &mut m,
+            total,
+            libc::RTM_NEWADDR,
+            (libc::NLM_F_CREATE | libc::NLM_F_REPLACE) as u16,
+        );
+    }
     // ifaddrmsg: family, prefix length, flags, scope (universe), index.
     m.push(libc::AF_INET as u8);
     m.push(32);
@@ -147,8 +152,22 @@ fn addr_request(index: u32, addr: Ipv4Addr) -> Vec<u8> {
 /// then answers ARP for it, within what the steer program allows.
 pub fn add_address(ifname: &str, addr: Ipv4Addr) -> Result<(), DeviceError> {
     let index = if_index(ifname)?;
-    rtnl(&addr_request(index, addr))
+    rtnl(&addr_request(index, addr, false))
         .map_err(|e| annotate(e, &format!("adding {addr}/32 to {ifname}")))
+}
+
+/// Takes `addr/32` off `ifname` (not there is fine): the box's kernel
+/// stops answering for it (a relay that handed its addresses over).
+pub fn remove_address(ifname: &str, addr: Ipv4Addr) -> Result<(), DeviceError> {
+    let index = if_index(ifname)?;
+    match rtnl(&addr_request(index, addr, true)) {
+        Err(DeviceError::Syscall { source, .. })
+            if source.raw_os_error() == Some(libc::EADDRNOTAVAIL) =>
+        {
+            Ok(())
+        }
+        r => r.map_err(|e| annotate(e, &format!("removing {addr}/32 from {ifname}"))),
+    }
 }
 
 /// The kernel's answer to our request: `Ok` for an acknowledgement, the

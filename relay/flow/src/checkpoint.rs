@@ -269,7 +269,10 @@ impl FlowCheckpoint {
                 return Err(FlowError::Checkpoint("batches out of order"));
             }
             client = b.client_off;
-            plain += b.plaintext_len();
+            // Offsets count bytes: a peer's can be anything, not a sum past 2^64.
+            plain = plain
+                .checked_add(b.plaintext_len())
+                .ok_or(FlowError::Checkpoint("batch offsets past 2^64"))?;
         }
         Ok(())
     }

@@ -207,6 +207,35 @@ fn ids_and_commit_numbers_round_trip() {
     assert_eq!(FlowCheckpoint::from_bytes(&b).unwrap(), ck);
 }
 
+/// Batches whose plaintext runs past 2^64 bytes (a lying peer: the offsets
+/// are u64 byte counts) are refused, named, by the decoder and by a delta;
+/// the check summing them does not overflow.
+#[test]
+fn batch_offsets_past_u64_are_refused() {
+    let base = FlowCheckpoint::from_bytes(&rich(&samples())).unwrap();
+    assert!(!base.batches.is_empty());
+    let mut ck = base.clone();
+    ck.batches.truncate(1);
+    // The batch ends one byte past u64::MAX.
+    ck.down_plain_off = u64::MAX - ck.batches[0].plaintext_len() + 1;
+    ck.batches[0].plain_off = ck.down_plain_off;
+    let e = ck.validate().expect_err("offsets past u64 validated");
+    assert!(matches!(e, FlowError::Checkpoint(_)), "{e}");
+    assert_eq!(
+        check_error(
+            FlowCheckpoint::from_bytes(&ck.to_bytes()),
+            "offsets past u64"
+        ),
+        Some("batch offsets past 2^64")
+    );
+    ck.commit = CommitNo::new(base.commit.epoch, base.commit.n + 1);
+    let delta = encode_delta(&ck, &base).expect("a delta");
+    match apply_delta(&base, &delta) {
+        Err(FlowError::Checkpoint(what)) => assert_eq!(what, "batch offsets past 2^64"),
+        other => panic!("a delta to offsets past u64: {other:?}"),
+    }
+}
+
 /// A delta names its base and itself by commit number: it applies to the
 /// checkpoint of its base commit only, and the error names both.
 #[test]
@@ -281,4 +310,116 @@ fn varint_len(v: u64) -> usize {
 
 fn put_varint(out: &mut Vec<u8>, v: u64) {
     relay_codec::Writer::new(out).varint(v);
+}
+
+/// Writes the seeds of the fuzz targets in `relay/flow/fuzz` from real
+/// checkpoints and deltas; the files are committed (the flow seeds differ
+/// from run to run: the TLS keys are random). Run it by hand after a
+/// change to an encoding:
+/// `cargo test -p relay-flow --test checkpoint -- --ignored write_fuzz_seeds`.
+#[test]
+#[ignore = "writes the fuzz corpus seeds"]
+fn write_fuzz_seeds() {
+    use relay_tcp::{Checkpoint, State};
+
+    let dir = |target: &str| {
+        let d = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/corpus")
+            .join(target);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let cks: Vec<FlowCheckpoint> = samples()
+        .iter()
+        .map(|b| FlowCheckpoint::from_bytes(b).unwrap())
+        .collect();
+    // Consecutive stored checkpoints of one run, as a standby sees them.
+    let pairs: Vec<(&FlowCheckpoint, &FlowCheckpoint, Vec<u8>)> = cks
+        .windows(2)
+        .filter_map(|w| encode_delta(&w[1], &w[0]).map(|d| (&w[0], &w[1], d)))
+        .collect();
+    assert!(!pairs.is_empty(), "no delta between the samples");
+    // The smallest pair that `f` accepts, another one each time if it can.
+    let used = std::cell::RefCell::new(Vec::new());
+    let smallest = |f: &dyn Fn(&FlowCheckpoint, &FlowCheckpoint) -> bool| {
+        let by_size = |&i: &usize| pairs[i].0.to_bytes().len() + pairs[i].2.len();
+        let ok = (0..pairs.len()).filter(|&i| f(pairs[i].0, pairs[i].1));
+        let i = ok
+            .clone()
+            .filter(|i| !used.borrow().contains(i))
+            .min_by_key(by_size)
+            .or_else(|| ok.min_by_key(by_size))
+            .unwrap_or(0);
+        used.borrow_mut().push(i);
+        &pairs[i]
+    };
+
+    // flow_checkpoint: a u16 length, a flow checkpoint, a flow delta.
+    let flow = dir("flow_checkpoint");
+    let flow_seed = |name: &str, base: &FlowCheckpoint, delta: &[u8]| {
+        let b = base.to_bytes();
+        let len = u16::try_from(b.len()).unwrap().to_be_bytes();
+        std::fs::write(flow.join(name), [&len[..], &b, delta].concat()).unwrap();
+    };
+    let (b, _, d) = smallest(&|_, _| true);
+    flow_seed("seed-first", b, d);
+    // Batches acknowledged (dropped) and planned (added).
+    let (b, _, d) = smallest(&|b, n| b.batches.len() >= 2 && n.batches != b.batches);
+    flow_seed("seed-batches", b, d);
+    // A partial record that grows.
+    let (b, _, d) = smallest(&|b, n| {
+        !b.partial.is_empty()
+            && n.partial.len() > b.partial.len()
+            && n.partial.starts_with(&b.partial)
+    });
+    flow_seed("seed-partial", b, d);
+
+    // Offsets at the top of their range: a batch that ends at u64::MAX,
+    // then acknowledged.
+    let (b, _, _) = smallest(&|b, _| !b.batches.is_empty());
+    let mut top = FlowCheckpoint::clone(b);
+    top.batches.truncate(1);
+    top.down_plain_off = u64::MAX - top.batches[0].plaintext_len();
+    top.batches[0].plain_off = top.down_plain_off;
+    top.validate().unwrap();
+    let mut next = top.clone();
+    next.commit = CommitNo::new(top.commit.epoch, top.commit.n + 1);
+    next.batches.clear();
+    next.down_plain_off = u64::MAX;
+    flow_seed("seed-top", &top, &encode_delta(&next, &top).unwrap());
+
+    // tcp_checkpoint: a TCP checkpoint, then a standalone delta or bare
+    // delta fields.
+    let tcp = dir("tcp_checkpoint");
+    let (b, n, _) = smallest(&|b, n| n.front != b.front);
+    let mut delta = n.front.delta_from(&b.front).as_bytes().to_vec();
+    std::fs::write(
+        tcp.join("seed-front-delta"),
+        [b.front.to_bytes(), delta.clone()].concat(),
+    )
+    .unwrap();
+    let (b, n, _) = smallest(&|b, n| n.back != b.back);
+    delta.clear();
+    n.back
+        .write_delta_fields(&b.back, &mut relay_codec::Writer::new(&mut delta));
+    std::fs::write(
+        tcp.join("seed-back-fields"),
+        [b.back.to_bytes(), delta].concat(),
+    )
+    .unwrap();
+    // Our FIN sent: acknowledged or not.
+    let base: &Checkpoint = &pairs[0].0.front;
+    let mut fin = base.clone();
+    fin.snd_fin = Some(fin.snd_max - 1);
+    fin.state = if fin.snd_una == fin.snd_max {
+        State::FinWait2
+    } else {
+        State::FinWait1
+    };
+    fin.validate().unwrap();
+    std::fs::write(
+        tcp.join("seed-fin-delta"),
+        [base.to_bytes(), fin.delta_from(base).as_bytes().to_vec()].concat(),
+    )
+    .unwrap();
 }

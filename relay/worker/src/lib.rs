@@ -43,6 +43,16 @@ pub enum AdoptCommand {
     /// The adopted flows' addresses now point here: ask every adopted
     /// flow's client and backend to retransmit at once.
     Nudge,
+    /// A handoff begins: stop serving every flow, not a segment in or out,
+    /// so that the peer carries each on from its last commit (which, by
+    /// the commit rule, covers everything sent). The worker sets
+    /// [`Shared::frozen`] once it has stopped.
+    Freeze,
+    /// The handoff failed: serve the frozen flows again.
+    Thaw,
+    /// The peer carries the frozen flows now: drop them without a word to
+    /// their clients or backends.
+    DropFrozen,
 }
 
 /// A flow a peer relay committed to us, to carry on here (its relay died or
@@ -127,6 +137,9 @@ pub struct Shared {
     /// Per worker (by `worker_index`): its replication figures, published
     /// once per loop for `relay peers` and the metrics.
     pub replication: Vec<ReplicationFigures>,
+    /// Set by the worker once an [`AdoptCommand::Freeze`] took effect;
+    /// cleared by `Thaw` and `DropFrozen`.
+    pub frozen: AtomicBool,
 }
 
 /// Settings of one worker.
@@ -203,6 +216,8 @@ pub struct Worker {
     adopt_rx: Option<mpsc::Receiver<AdoptCommand>>,
     /// Flows adopted and not nudged since the addresses moved.
     adopted_unnudged: Vec<u64>,
+    /// Handing off: no flow is served (see [`AdoptCommand::Freeze`]).
+    frozen: bool,
     wake_tx: Arc<UnixStream>,
     hs_tx: mpsc::Sender<(u64, HandshakeJob)>,
     hs_rx: mpsc::Receiver<(u64, HandshakeDone)>,
@@ -298,6 +313,7 @@ impl Worker {
             keys: HashMap::new(),
             adopt_rx: None,
             adopted_unnudged: Vec::new(),
+            frozen: false,
             wake_tx: wake_for_others,
             hs_tx: job_tx,
             hs_rx: done_rx,
@@ -363,9 +379,19 @@ impl Worker {
                     break;
                 }
             }
+            let adopted = self.adoptions(now);
+            if self.frozen {
+                // Handing off: what arrives is the peer's to answer.
+                let got = self.discard()?;
+                self.outbox.pump();
+                self.publish_replication();
+                if got == 0 && !adopted {
+                    self.wait(now)?;
+                }
+                continue;
+            }
             let got = self.receive(now)?;
             let hs = self.handshake_results(now);
-            let adopted = self.adoptions(now);
             let replicated = self.replication(now);
             self.run_timers(now);
             for i in 0..self.listeners.len() {
@@ -401,6 +427,13 @@ impl Worker {
         }
         self.report(self.now());
         Ok(())
+    }
+
+    /// Takes and drops what the rings hold (a frozen worker).
+    fn discard(&mut self) -> Result<usize, WorkerError> {
+        let n = self.front.receive(256, &mut |_: &[u8]| {})?;
+        let m = self.back.receive(256, &mut |_: &[u8]| {})?;
+        Ok(n + m)
     }
 
     fn receive(&mut self, now: Instant) -> Result<usize, WorkerError> {
@@ -684,6 +717,35 @@ impl Worker {
                             self.dirty.push(key);
                         }
                     }
+                }
+                AdoptCommand::Freeze => {
+                    self.frozen = true;
+                    self.shared.frozen.store(true, Ordering::Release);
+                    tracing::info!(flows = self.flows.len(), "handoff: flows frozen");
+                }
+                AdoptCommand::Thaw => {
+                    self.frozen = false;
+                    self.shared.frozen.store(false, Ordering::Release);
+                    self.dirty.extend(self.flows.keys().copied());
+                    tracing::info!(
+                        flows = self.flows.len(),
+                        "handoff undone: serving the flows again"
+                    );
+                }
+                AdoptCommand::DropFrozen => {
+                    let ids: Vec<u64> = self.flows.keys().copied().collect();
+                    for id in &ids {
+                        self.detach(*id);
+                    }
+                    self.shared.metrics.flows_handed_off.add(ids.len() as u64);
+                    self.dirty.clear();
+                    self.adopted_unnudged.clear();
+                    self.frozen = false;
+                    self.shared.frozen.store(false, Ordering::Release);
+                    tracing::info!(
+                        flows = ids.len(),
+                        "handoff done: the peer carries the flows"
+                    );
                 }
             }
         }
@@ -974,9 +1036,32 @@ impl Worker {
     }
 
     fn remove(&mut self, id: u64, reason: CloseReason) {
-        let Some(slot) = self.flows.remove(&id) else {
+        let Some(slot) = self.detach(id) else {
             return;
         };
+        let m = &self.shared.metrics;
+        report_flow(m, &slot, slot.flow.stats());
+        if let Some(c) = m.closed(reason) {
+            c.inc();
+        }
+        let in_handshake = slot.flow.handshake_info().is_none();
+        match reason {
+            CloseReason::HandshakeTimeout => m.handshakes_failed_timeout.inc(),
+            CloseReason::HandshakeFailed if slot.hs_error => m.handshakes_failed_tls.inc(),
+            CloseReason::HandshakeFailed => m.handshakes_failed_client_gone.inc(),
+            CloseReason::ClientReset | CloseReason::ClientTimeout if in_handshake => {
+                m.handshakes_failed_client_gone.inc()
+            }
+            _ => {}
+        }
+        tracing::debug!(id, reason = reason.label(), "flow closed");
+    }
+
+    /// Takes a flow out of every table (and its backend's count, and the
+    /// replication stream) without a segment: [`remove`](Self::remove)
+    /// after a close, or a flow the peer carries on.
+    fn detach(&mut self, id: u64) -> Option<Slot> {
+        let slot = self.flows.remove(&id)?;
         let fid = slot.flow.id();
         self.outbox.forget(fid);
         self.keys.remove(&fid);
@@ -995,23 +1080,8 @@ impl Worker {
                 Err(poisoned) => poisoned.into_inner().flow_closed(index),
             }
         }
-        let m = &self.shared.metrics;
-        report_flow(m, &slot, slot.flow.stats());
-        m.flows_active.add(-1);
-        if let Some(c) = m.closed(reason) {
-            c.inc();
-        }
-        let in_handshake = slot.flow.handshake_info().is_none();
-        match reason {
-            CloseReason::HandshakeTimeout => m.handshakes_failed_timeout.inc(),
-            CloseReason::HandshakeFailed if slot.hs_error => m.handshakes_failed_tls.inc(),
-            CloseReason::HandshakeFailed => m.handshakes_failed_client_gone.inc(),
-            CloseReason::ClientReset | CloseReason::ClientTimeout if in_handshake => {
-                m.handshakes_failed_client_gone.inc()
-            }
-            _ => {}
-        }
-        tracing::debug!(id, reason = reason.label(), "flow closed");
+        self.shared.metrics.flows_active.add(-1);
+        Some(slot)
     }
 
     /// Moves counters and refreshes the flow listing.

@@ -17,6 +17,8 @@ pub struct RelayMetrics {
     pub flows_opened: Counter,
     /// Flows carried on from a peer relay's checkpoint.
     pub flows_adopted: Counter,
+    /// Flows handed off to a peer relay (`relay handoff`).
+    pub flows_handed_off: Counter,
     /// Failovers completed: a dead peer's flows adopted and its addresses
     /// taken over.
     pub failovers: Counter,
@@ -166,6 +168,11 @@ impl RelayMetrics {
             flows_adopted: r.counter(
                 "relay_flows_adopted_total",
                 "Flows carried on from a peer relay's checkpoint.",
+                &[],
+            ),
+            flows_handed_off: r.counter(
+                "relay_flows_handed_off_total",
+                "Flows a peer relay carries on after a planned handoff (relay handoff).",
                 &[],
             ),
             failovers: r.counter(
