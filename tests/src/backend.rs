@@ -12,6 +12,11 @@
 //! With `reset_after`, every response body is cut after that many bytes and
 //! the connection is closed with `SO_LINGER` 0, which sends an RST: a dying
 //! backend.
+//!
+//! [`serve_echo`] is the other mode (`lab-backend --echo`): no HTTP, every
+//! connection gets back exactly the bytes it sends, and its FIN once the
+//! client's came; for interactive clients (`openssl s_client`) through the
+//! relay.
 
 use std::io::{self, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -98,6 +103,51 @@ pub fn serve(listener: TcpListener, config: BackendConfig) -> io::Result<()> {
             // The closure (and with it the stream and the slot) is dropped.
             eprintln!("lab-backend: cannot start a connection thread: {e}");
         }
+    }
+}
+
+/// Serves `listener` as a TCP echo server until accepting fails for good:
+/// each connection (a thread) gets back what it sends, as it arrives, and a
+/// FIN after the client's. A connection idle for `idle_timeout` is closed.
+pub fn serve_echo(listener: TcpListener, idle_timeout: Duration) -> io::Result<()> {
+    loop {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                ) || e.raw_os_error() == Some(24) =>
+            {
+                eprintln!("lab-backend: accept: {e}");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("echo".into())
+            .stack_size(CONNECTION_STACK)
+            .spawn(move || {
+                let _ = echo(stream, idle_timeout);
+            });
+        if let Err(e) = spawned {
+            eprintln!("lab-backend: cannot start a connection thread: {e}");
+        }
+    }
+}
+
+fn echo(mut stream: TcpStream, idle_timeout: Duration) -> io::Result<()> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(idle_timeout))?;
+    stream.set_write_timeout(Some(idle_timeout))?;
+    stream.set_nodelay(true)?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return stream.shutdown(Shutdown::Write);
+        }
+        stream.write_all(&buf[..n])?;
     }
 }
 

@@ -475,6 +475,67 @@ impl Lab {
             })
     }
 
+    /// Drops `percent` % of the frames `ifname` of `node` receives, at
+    /// random: packet loss as the sender sees it (nothing tells it), as
+    /// `tc qdisc ... netem loss` does on the other end's egress. The lab
+    /// kernel has no netem (`CONFIG_NET_SCH_NETEM` is off), so this is a
+    /// `clsact` qdisc with a classic BPF filter in direct-action mode: a
+    /// random number mod 100, below `percent` is `TC_ACT_SHOT`, else
+    /// `TC_ACT_OK`. [`Lab::remove_ingress_loss`] removes it (and so does the
+    /// namespace's removal).
+    pub fn add_ingress_loss(&self, node: Node, ifname: &str, percent: u32) -> Result<(), LabError> {
+        // ld rand (SKF_AD_OFF + SKF_AD_RANDOM); A %= 100; A >= percent ? ret 0 : ret 2.
+        let bytecode = format!(
+            "5,32 0 0 {},148 0 0 100,53 1 0 {percent},6 0 0 2,6 0 0 0",
+            0xffff_f000u32 + 56
+        );
+        self.exec(node, "tc", &["qdisc", "add", "dev", ifname, "clsact"])?;
+        self.exec(
+            node,
+            "tc",
+            &[
+                "filter", "add", "dev", ifname, "ingress", "bpf", "da", "bytecode", &bytecode,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Removes what [`Lab::add_ingress_loss`] put on `ifname` of `node`.
+    pub fn remove_ingress_loss(&self, node: Node, ifname: &str) -> Result<(), LabError> {
+        self.exec(node, "tc", &["qdisc", "del", "dev", ifname, "clsact"])?;
+        Ok(())
+    }
+
+    /// Frames `ifname` of `node` received and dropped under
+    /// [`Lab::add_ingress_loss`]: `(packets, dropped)` of its `clsact` qdisc.
+    pub fn ingress_loss_counters(&self, node: Node, ifname: &str) -> Result<(u64, u64), LabError> {
+        let out = self.exec(node, "tc", &["-s", "qdisc", "show", "dev", ifname])?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines().skip_while(|l| !l.starts_with("qdisc clsact"));
+        let sent = lines.nth(1).unwrap_or("");
+        // " Sent 145384 bytes 5006 pkt (dropped 519, overlimits 0 requeues 0)"
+        let words: Vec<&str> = sent
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '(')
+            .filter(|w| !w.is_empty())
+            .collect();
+        let after = |key: &str| -> Option<u64> {
+            let i = words.iter().position(|w| *w == key)?;
+            words.get(i + 1)?.parse().ok()
+        };
+        let packets = words
+            .iter()
+            .position(|w| *w == "pkt")
+            .and_then(|i| words.get(i.checked_sub(1)?)?.parse().ok());
+        match (packets, after("dropped")) {
+            (Some(p), Some(d)) => Ok((p, d)),
+            _ => Err(LabError::Failed {
+                cmd: format!("tc -s qdisc show dev {ifname} in {}", node.name()),
+                status: "no clsact counters".into(),
+                stderr: text,
+            }),
+        }
+    }
+
     /// The kernel's TCP counters (`/proc/net/snmp`, `Tcp:` line) inside `node`.
     pub fn kernel_tcp_counters(&self, node: Node) -> Result<Vec<(String, i64)>, LabError> {
         let out = self.exec(node, "cat", &["/proc/net/snmp"])?;

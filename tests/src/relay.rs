@@ -759,6 +759,18 @@ impl RelayProcess {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `relay handoff`; returns what it printed (an error if it refused).
+    pub fn handoff(&self) -> Result<String, LabError> {
+        let out = self.cli(&["handoff"])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `relay takeover`; returns what it printed (an error if it refused).
+    pub fn takeover(&self) -> Result<String, LabError> {
+        let out = self.cli(&["takeover"])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// `relay reload`; returns what it printed.
     pub fn reload(&self) -> Result<String, LabError> {
         let out = self.cli(&["reload"])?;
@@ -842,6 +854,15 @@ impl Drop for RelayProcess {
                 },
                 self.log_tail(60)
             );
+        }
+        if let Some(keep) = std::env::var_os("RELAY_LAB_KEEP_LOGS") {
+            // For a post-mortem of a long run: the whole log, not a tail.
+            let name = self.dir.file_name().unwrap_or_default().to_owned();
+            let to = std::path::PathBuf::from(keep)
+                .join(name)
+                .with_extension("log");
+            let _ = std::fs::create_dir_all(to.parent().unwrap_or(std::path::Path::new("/tmp")));
+            let _ = std::fs::copy(self.dir.join("relay.log"), &to);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -170,6 +170,16 @@ fn lab_backend() -> &'static Path {
 /// Lab, PKI (ECDSA), `lab-backend` on 10.200.2.10:8080, and a relay
 /// configured by `configure` from [`RelayConfig::lab`].
 fn setup(tag: &str, configure: impl FnOnce(RelayConfig, &TestPki) -> RelayConfig) -> Setup {
+    // lab-load may hold its connections for minutes on a loaded machine.
+    setup_with(tag, &["--idle-timeout", "600"], configure)
+}
+
+/// [`setup`] with `backend_args` for `lab-backend` (e.g. `--echo`).
+fn setup_with(
+    tag: &str,
+    backend_args: &[&str],
+    configure: impl FnOnce(RelayConfig, &TestPki) -> RelayConfig,
+) -> Setup {
     let lab = Lab::up(&unique_prefix(tag)).expect("lab up");
     let pki = TestPki::generate(KeyKind::EcdsaP256).expect("test PKI");
     let backend = BackendServer::spawn_in(
@@ -177,8 +187,7 @@ fn setup(tag: &str, configure: impl FnOnce(RelayConfig, &TestPki) -> RelayConfig
         Node::Backend,
         lab_backend(),
         &format!("{}:8080", addr::BACKEND),
-        // lab-load may hold its connections for minutes on a loaded machine.
-        &["--idle-timeout", "600"],
+        backend_args,
     )
     .expect("lab-backend");
     let config = configure(RelayConfig::lab(&pki.cert_chain, &pki.key), &pki);
@@ -846,13 +855,28 @@ fn a_killed_relay_process_leaves_its_box_silent_and_a_new_one_takes_over() {
 /// A lab relay pair: relay-a serves the lab's service, relay-b stands by
 /// for it over the backplane; both up and connected.
 fn pair_setup(tag: &str) -> (Setup, RelayProcess) {
-    let s = setup(tag, |_, pki| {
+    pair_setup_with(tag, &["--idle-timeout", "600"])
+}
+
+/// [`pair_setup`] with `backend_args` for `lab-backend` (e.g. `--echo`).
+fn pair_setup_with(tag: &str, backend_args: &[&str]) -> (Setup, RelayProcess) {
+    let s = setup_with(tag, backend_args, |_, pki| {
         RelayConfig::pair_member(pki, Node::RelayA).expect("relay-a's cluster config")
     });
     let b_config = RelayConfig::pair_member(&s.pki, Node::RelayB).expect("relay-b's config");
     let b = RelayProcess::start_on(&s.lab, Node::RelayB, &b_config).expect("relay-b runs");
     wait_for(Duration::from_secs(30), "relay-b to see relay-a up", || {
         b.log_tail(200).contains("peer up").then_some(())
+    })
+    .and_then(|()| {
+        // A relay of a pair serves its addresses once it knows its peer
+        // does not.
+        wait_for(Duration::from_secs(30), "relay-a to serve the VIP", || {
+            s.relay
+                .log_tail(200)
+                .contains("serving addresses")
+                .then_some(())
+        })
     })
     .unwrap_or_else(|e| {
         panic!(
@@ -2104,5 +2128,705 @@ fn a_cut_backplane_with_both_relays_alive_leaves_one_relay_serving() {
     eprintln!(
         "bpcut: backplane cut at byte {cut_at} of {n}; relay-a committed locally ({} unprotected commits), relay-b took nothing over; the pair re-formed",
         unprotected(&s.relay)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// A lossy backplane
+
+/// The number of lines in a relay's log now: [`log_since`] reads what
+/// comes after.
+fn log_len(r: &RelayProcess) -> usize {
+    r.log_tail(usize::MAX).lines().count()
+}
+
+/// A relay's log lines from line `from` on.
+fn log_since(r: &RelayProcess, from: usize) -> Vec<String> {
+    r.log_tail(usize::MAX)
+        .lines()
+        .skip(from)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Log lines that show the pair coming apart: a cut (the backplane given
+/// up while the peer is heard on the front), a dead peer, a dropped
+/// backplane connection.
+fn flaps(lines: &[String]) -> Vec<String> {
+    const MARKS: [&str; 4] = [
+        "backplane lost",
+        "peer down",
+        "backplane disconnected",
+        "connection silent",
+    ];
+    lines
+        .iter()
+        .filter(|l| MARKS.iter().any(|m| l.contains(m)))
+        .cloned()
+        .collect()
+}
+
+/// How many of `lines` contain `mark`.
+fn count_of(lines: &[String], mark: &str) -> usize {
+    lines.iter().filter(|l| l.contains(mark)).count()
+}
+
+/// A TLS 1.3 download of `n` bytes with curl reporting its connections.
+fn counted_download(s: &Setup, n: u64) -> String {
+    format!(
+        "set -o pipefail; {} | sha256sum | cut -c1-64",
+        s.curl(
+            &s.ca(),
+            "--tlsv1.3 -v -w '%{stderr}connects=%{num_connects}\\n'",
+            &format!("/bytes/{n}")
+        )
+    )
+}
+
+/// Checks a finished [`counted_download`]: curl succeeded, the body is
+/// byte-exact, on one connection.
+fn check_counted_download(done: &Finished, n: u64, what: &str, relay_log: &str) {
+    let tail = |text: &str, k: usize| {
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(k)..].join("\n")
+    };
+    assert!(
+        done.ok(),
+        "{what}: curl failed ({}): {}\nrelay log:\n{relay_log}",
+        done.status,
+        tail(&done.stderr, 20)
+    );
+    assert_eq!(
+        done.stdout.trim(),
+        pattern_sha256(n),
+        "{what}: not byte-exact"
+    );
+    assert!(
+        done.stderr.contains("connects=1"),
+        "{what}: one connection: {}",
+        tail(&done.stderr, 5)
+    );
+}
+
+/// A relay pair whose backplane loses `percent` % of its packets each way
+/// (random drops on both relays' `bp0`: the lab kernel has no netem, see
+/// [`Lab::add_ingress_loss`]), put on once the front path is keyed (from
+/// then on a silent backplane alone reads as a cut, not a death). Returns
+/// the pair and where each relay's log stood when the loss began.
+fn lossy_pair(tag: &str, percent: u32) -> (Setup, RelayProcess, usize, usize) {
+    let (s, b) = pair_setup(tag);
+    wait_for(
+        Duration::from_secs(30),
+        "front-path heartbeats both ways",
+        || {
+            let heard = |r: &RelayProcess| {
+                r.metrics()
+                    .map(|m| m.sum("relay_front_heartbeats_total", &[("outcome", "heard")]))
+                    .unwrap_or(0.0)
+            };
+            (heard(&b) > 0.0 && heard(&s.relay) > 0.0).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\nrelay-b:\n{}", b.log_tail(30)));
+    let (a_from, b_from) = (log_len(&s.relay), log_len(&b));
+    for node in [Node::RelayA, Node::RelayB] {
+        s.lab
+            .add_ingress_loss(node, "bp0", percent)
+            .expect("loss on bp0");
+    }
+    (s, b, a_from, b_from)
+}
+
+/// `(received, dropped)` on relay-a's and relay-b's `bp0`.
+fn backplane_drops(s: &Setup) -> [(u64, u64); 2] {
+    [Node::RelayA, Node::RelayB]
+        .map(|node| s.lab.ingress_loss_counters(node, "bp0").unwrap_or((0, 0)))
+}
+
+fn unprotected_commits(r: &RelayProcess) -> f64 {
+    r.metrics()
+        .map(|m| m.sum("relay_commits_unprotected_total", &[]))
+        .unwrap_or(0.0)
+}
+
+/// The backplane of the pair loses 10% of its packets each way. The
+/// replication connection is TCP and TLS, so loss costs it
+/// retransmissions and delays acknowledgements, and with them the
+/// releases of the flows it protects. (1) A 256 MiB download through
+/// relay-a is byte-exact on one connection with no reset. (2) relay-a is
+/// killed (process death) under a second one, at a moment when relay-b
+/// protects the flow: relay-b adopts it from state that crossed the lossy
+/// backplane and finishes it byte-exact on the same connection, with no
+/// reset from the VIP. While relay-a lived, relay-b never declared it dead
+/// (no "peer down", no takeover). The membership's cuts and reconnections
+/// under the loss are printed; that they should not happen at all is
+/// `the_pair_stays_connected_with_ten_percent_loss_on_the_backplane`.
+#[test]
+fn every_flow_stays_byte_exact_with_ten_percent_loss_on_the_backplane() {
+    let (mut s, b, a_from, b_from) = lossy_pair("bploss", 10);
+    let n = 256 * MIB;
+
+    // (1) A whole download over the lossy backplane.
+    let dir1 = TempDir(temp_dir(&format!("bploss1-{}", s.lab.prefix())));
+    let capture = ClientCapture::start(&s, &dir1);
+    let run = Script::spawn(&s.lab, Node::Client, &counted_download(&s, n));
+    let done = run.finish(Duration::from_secs(300));
+    check_counted_download(&done, n, "lossy 1", &s.relay.log_tail(30));
+    let resets = capture.resets_from_vip(&s);
+    assert!(
+        resets.is_empty(),
+        "lossy 1: resets from the VIP: {resets:?}"
+    );
+    let [(a_pkts, a_drops), (b_pkts, b_drops)] = backplane_drops(&s);
+    let cuts = |from_a: &[String], from_b: &[String]| {
+        (
+            count_of(from_a, "backplane lost") + count_of(from_b, "backplane lost"),
+            count_of(from_a, "backplane disconnected"),
+        )
+    };
+    let (cuts1, drops1) = cuts(&log_since(&s.relay, a_from), &log_since(&b, b_from));
+    eprintln!(
+        "lossy 1: {n} bytes byte-exact on one connection in {:.2} s ({:.1} MB/s); \
+         bp0 drops: relay-a {a_drops} of {a_pkts} received, relay-b {b_drops} of {b_pkts}; \
+         {cuts1} cuts and {drops1} backplane reconnections; relay-a's unprotected commits: {}",
+        done.elapsed.as_secs_f64(),
+        n as f64 / done.elapsed.as_secs_f64() / 1e6,
+        unprotected_commits(&s.relay),
+    );
+    assert!(
+        a_drops > 0 && b_drops > 0,
+        "the loss must have hit both directions"
+    );
+
+    // (2) relay-a dies under a second download, at a moment when relay-b
+    // protects the flow (under this loss the pair is cut now and then, and
+    // a relay that dies while cut takes its unprotected flows with it:
+    // docs/replication.md, "Current limits").
+    let dir2 = TempDir(temp_dir(&format!("bploss2-{}", s.lab.prefix())));
+    let capture = ClientCapture::start(&s, &dir2);
+    let base = s.relay.status().expect("relay-a status").bytes_down;
+    let point = kill_point(n);
+    let run = Script::spawn(&s.lab, Node::Client, &counted_download(&s, n));
+    wait_for(
+        Duration::from_secs(300),
+        "the second download under way",
+        || (s.relay.status().ok()?.bytes_down >= base + point).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\nrelay-a:\n{}", s.relay.log_tail(30)));
+    let reached = Instant::now();
+    let protected = wait_for(
+        Duration::from_secs(120),
+        "relay-b protecting the flow",
+        || {
+            let mine = s.relay.peers().ok()?.peers.into_iter().next()?;
+            (mine.state == "up"
+                && mine.connected
+                && mine.protection.as_deref() == Some("protected")
+                && mine.flows_protected == 1
+                && mine.flows_unprotected == 0)
+                .then_some(mine)
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?}\nrelay-a:\n{}",
+            s.relay.peers(),
+            s.relay.log_tail(30)
+        )
+    });
+    let waited = reached.elapsed();
+    let at = s.relay.status().expect("relay-a status").bytes_down - base;
+    let b_before_kill = log_since(&b, b_from);
+    let a_lines = log_since(&s.relay, a_from);
+    let a_unprotected = unprotected_commits(&s.relay);
+    let [(a_pkts, a_drops), (b_pkts, b_drops)] = backplane_drops(&s);
+    s.relay.kill();
+    let done = run.finish(Duration::from_secs(300));
+    check_counted_download(&done, n, "lossy 2", &b.log_tail(40));
+    let resets = capture.resets_from_vip(&s);
+    assert!(
+        resets.is_empty(),
+        "lossy 2: resets from the VIP: {resets:?}"
+    );
+    let status = b.status().expect("relay-b status");
+    assert_eq!(
+        (
+            status.flows_opened,
+            status.handshakes_full,
+            status.handshakes_resumed
+        ),
+        (0, 0, 0),
+        "relay-b carried the old connection, it opened none: {status:?}"
+    );
+    assert!(status.bytes_down > 0, "relay-b carried no byte: {status:?}");
+    let takeover = b
+        .log_tail(usize::MAX)
+        .lines()
+        .find(|l| l.contains("took over the peer's flows"))
+        .unwrap_or("")
+        .to_string();
+    for node in [Node::RelayA, Node::RelayB] {
+        s.lab
+            .remove_ingress_loss(node, "bp0")
+            .expect("remove the loss");
+    }
+    let (cuts2, drops2) = cuts(&a_lines, &b_before_kill);
+    let lived = flaps(&a_lines)
+        .into_iter()
+        .chain(flaps(&b_before_kill))
+        .count();
+    eprintln!(
+        "lossy 2: relay-a killed at byte {at} of {n} ({waited:.1?} after byte {point} for \
+         relay-b to protect the flow: {protected:?}); bp0 drops by then: relay-a {a_drops} of \
+         {a_pkts}, relay-b {b_drops} of {b_pkts}; relay-a's unprotected commits: \
+         {a_unprotected}; byte-exact on one connection in {:.2} s, relay-b carried {} bytes; {}",
+        done.elapsed.as_secs_f64(),
+        status.bytes_down,
+        takeover.split("took over").nth(1).unwrap_or("")
+    );
+    eprintln!(
+        "membership under 10% backplane loss while relay-a lived: {cuts2} cuts, {drops2} \
+         backplane reconnections ({lived} flap lines in both logs)"
+    );
+    // While relay-a lived, relay-b never declared it dead.
+    let dead: Vec<&String> = b_before_kill
+        .iter()
+        .filter(|l| l.contains("took over") || l.contains("peer down"))
+        .collect();
+    assert!(
+        dead.is_empty(),
+        "relay-b declared a live relay-a dead under 10% backplane loss: {dead:?}"
+    );
+}
+
+/// The backplane of the pair loses 10% of its packets each way, idle for
+/// 20 s and then under a 256 MiB download: the pair stays connected, and
+/// neither relay sees the other cut or down (a late heartbeat, `suspect`,
+/// is what loss may cost).
+#[test]
+#[ignore = "known failing: under 10% backplane loss the pair flaps (cuts and reconnections \
+            every few seconds): heartbeats share the backplane's TCP stream, and a lost \
+            segment whose retransmission is lost too holds them past 8 x 50 ms"]
+fn the_pair_stays_connected_with_ten_percent_loss_on_the_backplane() {
+    let (s, b, a_from, b_from) = lossy_pair("bpflap", 10);
+    let flapped = |s: &Setup| -> Vec<String> {
+        flaps(&log_since(&s.relay, a_from))
+            .into_iter()
+            .chain(flaps(&log_since(&b, b_from)))
+            .collect()
+    };
+    // Idle: heartbeats alone. A flap ends the wait early.
+    let idle = Duration::from_secs(20);
+    let started = Instant::now();
+    let first = wait_for(idle, "a flap", || flapped(&s).into_iter().next());
+    let idle_flaps = flapped(&s);
+    eprintln!(
+        "idle pair, 10% backplane loss: {} in {:.1} s; first: {first:?}",
+        if idle_flaps.is_empty() {
+            "no flap".to_string()
+        } else {
+            format!("{} flap lines", idle_flaps.len())
+        },
+        started.elapsed().as_secs_f64()
+    );
+    // Busy: the replication of a download.
+    let (a_mark, b_mark) = (log_len(&s.relay), log_len(&b));
+    let n = 256 * MIB;
+    let done = Script::spawn(&s.lab, Node::Client, &counted_download(&s, n))
+        .finish(Duration::from_secs(300));
+    check_counted_download(&done, n, "download", &s.relay.log_tail(30));
+    let busy: Vec<String> = flaps(&log_since(&s.relay, a_mark))
+        .into_iter()
+        .chain(flaps(&log_since(&b, b_mark)))
+        .collect();
+    let [(a_pkts, a_drops), (b_pkts, b_drops)] = backplane_drops(&s);
+    eprintln!(
+        "busy pair, 10% backplane loss: {} flap lines ({} cuts) in {:.1} s of download; \
+         bp0 drops: relay-a {a_drops} of {a_pkts}, relay-b {b_drops} of {b_pkts}",
+        busy.len(),
+        count_of(&busy, "backplane lost"),
+        done.elapsed.as_secs_f64()
+    );
+    assert!(
+        idle_flaps.is_empty() && busy.is_empty(),
+        "the pair flapped under 10% backplane loss:\nidle: {idle_flaps:#?}\nbusy: {busy:#?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// An interactive session across a death
+
+/// An interactive client in a lab node: its stdin is a pipe the test holds
+/// (the client sees no EOF until the test closes it), its stdout and
+/// stderr are read as they come. Its own process group, killed on drop.
+struct Interactive {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Interactive {
+    /// `bash -c script` in `node`; the script merges stderr into stdout.
+    fn spawn(lab: &Lab, node: Node, script: &str) -> Interactive {
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &lab.ns(node), "bash", "-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning `{script}`: {e}"));
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(mut stdout) = child.stdout.take() {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stdout.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut text) = out.lock() {
+                        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                }
+            });
+        }
+        Interactive {
+            stdin: child.stdin.take(),
+            child,
+            out,
+        }
+    }
+
+    /// Writes `line` and a newline to the client's stdin.
+    fn send(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .unwrap_or_else(|e| panic!("writing {line:?} to the client: {e}"));
+    }
+
+    /// Everything the client printed so far.
+    fn output(&self) -> String {
+        self.out.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Waits until the output satisfies `check`.
+    fn wait_output(
+        &self,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&str) -> bool,
+    ) -> Result<(), relay_lab::LabError> {
+        wait_for(timeout, what, || check(&self.output()).then_some(()))
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Interactive {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.child.id())])
+                .status();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// `openssl s_client -tls1_3` through the pair to an echo backend, driven
+/// line by line: a line is echoed through relay-a; relay-a is killed
+/// (SIGKILL); a line is echoed through relay-b on the same connection;
+/// then the client updates its keys (`k`: KeyUpdate, update_not_requested)
+/// and asks the relay to update its own (`K`: update_requested), and lines
+/// are still echoed after each. Then the client closes (`Q`) and the relay
+/// closes cleanly: no reset from the VIP, and relay-b opened no flow.
+#[test]
+fn an_interactive_openssl_session_survives_the_kill_and_updates_its_keys() {
+    let (mut s, b) = pair_setup_with("osslku", &["--echo", "--idle-timeout", "600"]);
+    let dir = TempDir(temp_dir(&format!("osslku-{}", s.lab.prefix())));
+    let capture = ClientCapture::start(&s, &dir);
+    // No -quiet or -ign_eof: they turn off s_client's command letters.
+    let mut client = Interactive::spawn(
+        &s.lab,
+        Node::Client,
+        &format!(
+            "exec openssl s_client -connect {}:443 -servername {SERVER_NAME} -CAfile {} \
+             -verify_return_error -tls1_3 2>&1",
+            addr::VIP,
+            s.ca()
+        ),
+    );
+    // Every step panics with what the client printed and both relays' logs.
+    let fail = |what: &str, e: &dyn std::fmt::Display, client: &Interactive, s: &Setup| -> ! {
+        let out = client.output();
+        let lines: Vec<&str> = out.lines().collect();
+        panic!(
+            "{what}: {e}\nclient (last lines):\n{}\nrelay-b:\n{}\nrelay-a:\n{}",
+            lines[lines.len().saturating_sub(30)..].join("\n"),
+            b.log_tail(40),
+            s.relay.log_tail(20)
+        )
+    };
+    let echoed = |client: &mut Interactive, s: &Setup, line: &str, timeout: Duration| {
+        let started = Instant::now();
+        client.send(line);
+        client
+            .wait_output(timeout, &format!("the echo of {line:?}"), |o| {
+                o.contains(line)
+            })
+            .unwrap_or_else(|e| fail(line, &e, client, s));
+        started.elapsed()
+    };
+    let key_update = |client: &mut Interactive, s: &Setup, letter: &str, count: usize| {
+        client.send(letter);
+        client
+            .wait_output(Duration::from_secs(10), "s_client's KEYUPDATE", |o| {
+                o.matches("KEYUPDATE").count() >= count
+            })
+            .unwrap_or_else(|e| fail(letter, &e, client, s));
+    };
+
+    client
+        .wait_output(Duration::from_secs(30), "the handshake", |o| {
+            o.contains("Verify return code: 0 (ok)")
+        })
+        .unwrap_or_else(|e| fail("handshake", &e, &client, &s));
+    assert!(
+        client.output().contains("TLSv1.3"),
+        "not TLS 1.3:\n{}",
+        client.output()
+    );
+    // No line may start with Q, R, k or K: s_client's command letters.
+    let first = echoed(
+        &mut client,
+        &s,
+        "line 1 through relay-a",
+        Duration::from_secs(30),
+    );
+    // Killed only once relay-b holds the flow and everything relay-a
+    // committed is acknowledged.
+    wait_for(Duration::from_secs(30), "relay-b to hold the flow", || {
+        let mine = s.relay.peers().ok()?.peers.into_iter().next()?;
+        let theirs = b.peers().ok()?.peers.into_iter().next()?;
+        (theirs.flows_held == 1 && mine.backlog_messages == 0).then_some(())
+    })
+    .unwrap_or_else(|e| fail("standby", &e, &client, &s));
+    s.relay.kill();
+    let killed = Instant::now();
+    wait_for(Duration::from_secs(30), "relay-b's takeover", || {
+        b.log_tail(400)
+            .contains("took over the peer's flows")
+            .then_some(())
+    })
+    .unwrap_or_else(|e| fail("takeover", &e, &client, &s));
+    let took_over = killed.elapsed();
+    let after_kill = [
+        "line 2 through relay-b after the kill",
+        "line 3 after our KeyUpdate",
+        "line 4, a second after our KeyUpdate",
+        "line 5 after our KeyUpdate asking for the relay's",
+        "line 6, a second after both KeyUpdates",
+    ];
+    let second = echoed(&mut client, &s, after_kill[0], Duration::from_secs(60));
+    key_update(&mut client, &s, "k", 1);
+    let third = echoed(&mut client, &s, after_kill[1], Duration::from_secs(30));
+    let fourth = echoed(&mut client, &s, after_kill[2], Duration::from_secs(30));
+    key_update(&mut client, &s, "K", 2);
+    let fifth = echoed(&mut client, &s, after_kill[3], Duration::from_secs(30));
+    let sixth = echoed(&mut client, &s, after_kill[4], Duration::from_secs(30));
+    assert!(client.is_running(), "s_client ended:\n{}", client.output());
+    // Each line came back once, in order: nothing lost, nothing doubled.
+    let out = client.output();
+    let at: Vec<Option<usize>> = std::iter::once("line 1 through relay-a")
+        .chain(after_kill)
+        .map(|line| {
+            (out.matches(line).count() == 1)
+                .then(|| out.find(line))
+                .flatten()
+        })
+        .collect();
+    assert!(
+        at.iter().all(Option::is_some) && at.windows(2).all(|w| w[0] < w[1]),
+        "the echoes, once each and in order: {at:?}\n{out}"
+    );
+    // The listing is refreshed by the worker every so often.
+    let flow = wait_for(
+        Duration::from_secs(30),
+        "relay-b to list the adopted flow",
+        || match b.flows().ok()?.as_slice() {
+            [flow] if flow.bytes_up > 0 => Some(flow.clone()),
+            _ => None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", b.flows()));
+    eprintln!("relay-b's flow before the close: {flow:?}");
+
+    // The client closes; the relay closes too, with no reset.
+    client.send("Q");
+    wait_for(Duration::from_secs(30), "s_client to exit", || {
+        (!client.is_running()).then_some(())
+    })
+    .unwrap_or_else(|e| fail("Q", &e, &client, &s));
+    let resets = capture.resets_from_vip(&s);
+    assert!(resets.is_empty(), "resets from the VIP: {resets:?}");
+    // Once the flow is gone, relay-b's counters hold all it moved: at
+    // least the five lines each way (they may count relay-a's part too).
+    let moved: u64 = after_kill.iter().map(|l| l.len() as u64 + 1).sum();
+    let status = wait_for(
+        Duration::from_secs(30),
+        &format!("relay-b's flow closed, with at least {moved} bytes each way counted"),
+        || {
+            let st = b.status().ok()?;
+            (st.flows_active == 0 && st.bytes_up >= moved && st.bytes_down >= moved).then_some(st)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}\nrelay-b:\n{}", b.status(), b.log_tail(30)));
+    assert_eq!(
+        (
+            status.flows_opened,
+            status.handshakes_full,
+            status.handshakes_resumed
+        ),
+        (0, 0, 0),
+        "relay-b carried the old connection, it opened none: {status:?}"
+    );
+    let takeover = b
+        .log_tail(400)
+        .lines()
+        .find(|l| l.contains("took over the peer's flows"))
+        .unwrap_or("")
+        .to_string();
+    eprintln!(
+        "s_client TLS 1.3 across relay-a's death: echo through relay-a in {:.0} ms; \
+         relay-b took over {:.0} ms after the kill ({}); echoes through relay-b in \
+         {:.0} ms (first after the kill), {:.0} and {:.0} ms after k, {:.0} and {:.0} ms \
+         after K; relay-b moved {} bytes up and {} down on the adopted connection",
+        first.as_secs_f64() * 1e3,
+        took_over.as_secs_f64() * 1e3,
+        takeover.split("took over").nth(1).unwrap_or("").trim(),
+        second.as_secs_f64() * 1e3,
+        third.as_secs_f64() * 1e3,
+        fourth.as_secs_f64() * 1e3,
+        fifth.as_secs_f64() * 1e3,
+        sixth.as_secs_f64() * 1e3,
+        status.bytes_up,
+        status.bytes_down
+    );
+}
+
+/// Failback: relay-a dies under a download and relay-b carries it on;
+/// relay-a comes back, stands by (it does not take the VIP relay-b
+/// serves) and is re-seeded with the flow; `relay handoff` on relay-b then
+/// moves the flow and the addresses back to relay-a. The download finishes
+/// byte-exact on its one connection, with no reset from the VIP.
+#[test]
+fn failback_a_returning_relay_gets_its_flows_back_by_handoff() {
+    let (mut s, b) = pair_setup("failback");
+    let dir = TempDir(temp_dir(&format!("failback-{}", s.lab.prefix())));
+    let capture = ClientCapture::start(&s, &dir);
+    let n = 256 * MIB;
+    let script = format!(
+        "set -o pipefail; {} | sha256sum | cut -c1-64",
+        s.curl(
+            &s.ca(),
+            "--limit-rate 12M -v -w '%{stderr}connects=%{num_connects}\\n'",
+            &format!("/bytes/{n}")
+        )
+    );
+    let run = Script::spawn(&s.lab, Node::Client, &script);
+    wait_for(Duration::from_secs(120), "the download under way", || {
+        (s.relay.status().ok()?.bytes_down >= n / 10).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\nrelay-a:\n{}", s.relay.log_tail(30)));
+    s.relay.kill();
+    wait_for(Duration::from_secs(30), "relay-b to take over", || {
+        b.log_tail(400).contains("took over").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\nrelay-b:\n{}", b.log_tail(30)));
+    wait_for(
+        Duration::from_secs(120),
+        "relay-b to carry the flow",
+        || (b.status().ok()?.bytes_down > 0).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\nrelay-b:\n{}", b.log_tail(30)));
+
+    // relay-a comes back: it must stand by, and get the flow re-seeded.
+    let a_config = RelayConfig::pair_member(&s.pki, Node::RelayA).expect("relay-a's config");
+    let a = RelayProcess::start_on(&s.lab, Node::RelayA, &a_config).expect("relay-a restarts");
+    wait_for(
+        Duration::from_secs(60),
+        "relay-a to hold relay-b's flow",
+        || {
+            let p = a.peers().ok()?;
+            let peer = p.peers.first()?;
+            (peer.state == "up" && peer.flows_held >= 1).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\nrelay-a:\n{}", a.log_tail(30)));
+    assert!(
+        a.log_tail(400).contains("serving no address"),
+        "relay-a took addresses its peer serves:\n{}",
+        a.log_tail(30)
+    );
+    let before = b.status().expect("relay-b status").bytes_down;
+
+    let said = b.handoff().unwrap_or_else(|e| {
+        panic!(
+            "relay handoff: {e}\nrelay-b:\n{}\nrelay-a:\n{}",
+            b.log_tail(30),
+            a.log_tail(30)
+        )
+    });
+    assert!(
+        said.contains("handed 1 flows"),
+        "relay handoff said: {said}"
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "relay-a to carry the flow on",
+        || {
+            let st = a.status().ok()?;
+            (st.bytes_down > 0).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\nrelay-a:\n{}", a.log_tail(30)));
+
+    let done = run.finish(Duration::from_secs(300));
+    assert!(
+        done.ok(),
+        "curl failed ({}): {}\nrelay-a:\n{}",
+        done.status,
+        done.stderr
+            .lines()
+            .rev()
+            .take(10)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        a.log_tail(30)
+    );
+    assert_eq!(done.stdout.trim(), pattern_sha256(n), "not byte-exact");
+    assert!(done.stderr.contains("connects=1"), "one connection");
+    let resets = capture.resets_from_vip(&s);
+    assert!(resets.is_empty(), "resets reached the client: {resets:?}");
+    let (ma, mb) = (
+        a.metrics().expect("relay-a metrics"),
+        b.metrics().expect("relay-b metrics"),
+    );
+    assert_eq!(ma.sum("relay_flows_adopted_total", &[]), 1.0);
+    assert_eq!(mb.sum("relay_flows_handed_off_total", &[]), 1.0);
+    let a_status = a.status().expect("relay-a status");
+    assert_eq!(a_status.flows_opened, 0, "relay-a opened no new flow");
+    eprintln!(
+        "failback: relay-b carried {} bytes after the failover, then handed off ({}); relay-a carried {} bytes to the end",
+        before,
+        said.trim(),
+        a_status.bytes_down
     );
 }

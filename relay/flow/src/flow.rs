@@ -1758,7 +1758,12 @@ impl Flow {
                 self.stats.commits += 1;
             }
             Err(e) => {
+                // Still a commit: one that never completes would hold
+                // every byte behind it forever. Without a checkpoint the
+                // peer cannot adopt the flow; it goes on unprotected.
                 tracing::warn!(id = %self.id, error = %e, full, "checkpoint failed; flow not adoptable");
+                self.commit_nos.push_back(no);
+                self.stats.commits += 1;
             }
         }
         let c = InFlight {
@@ -1852,7 +1857,14 @@ impl Flow {
         let batches = self
             .batches
             .iter()
-            .filter(|b| b.client_end > down.client_off || (b.plan.close && !down.fin))
+            // A close batch stays while its FIN is not committed, unless
+            // the client has it all: an adopter learns of that close from
+            // the write state (`sent_close_notify`), and a batch behind
+            // the down point would make the checkpoint invalid.
+            .filter(|b| {
+                b.client_end > down.client_off
+                    || (b.plan.close && !down.fin && b.plan.client_off >= down.client_off)
+            })
             .map(|b| b.plan.clone())
             .chain(self.replay.iter().cloned())
             .collect();

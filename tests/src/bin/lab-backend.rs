@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! lab-backend --listen 10.200.2.10:8080 [--reset-after N] [--max-connections N] [--idle-timeout SECS]
+//! lab-backend --listen 10.200.2.10:8080 --echo [--idle-timeout SECS]
 //! ```
 //!
 //! Prints `listening on <addr>` once bound (the real port for `:0`), then
@@ -15,9 +16,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use relay_lab::backend::{BackendConfig, serve};
+use relay_lab::backend::{BackendConfig, serve, serve_echo};
 
-/// HTTP/1.1 origin server of the lab: GET /bytes/N, POST|PUT /upload, GET /health.
+/// HTTP/1.1 origin server of the lab: GET /bytes/N, POST|PUT /upload, GET
+/// /health; or, with --echo, a TCP echo server.
 #[derive(Debug, Parser)]
 #[command(name = "lab-backend")]
 struct Args {
@@ -33,6 +35,9 @@ struct Args {
     /// Seconds a connection may stay idle or stalled.
     #[arg(long, default_value_t = 60)]
     idle_timeout: u64,
+    /// No HTTP: echo every connection's bytes back to it.
+    #[arg(long, conflicts_with_all = ["reset_after"])]
+    echo: bool,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +58,15 @@ fn main() -> ExitCode {
         .is_err()
     {
         return ExitCode::FAILURE;
+    }
+    if args.echo {
+        return match serve_echo(listener, Duration::from_secs(args.idle_timeout.max(1))) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lab-backend: accept on {bound} failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let config = BackendConfig {
         max_connections: args.max_connections,
