@@ -2,4 +2,5 @@
 //! namespace with a veth pair and removes it afterwards.
 
 pub mod datapath;
+pub mod failover;
 pub mod tls_compare;

@@ -2036,14 +2036,7 @@ fn a_cut_backplane_with_both_relays_alive_leaves_one_relay_serving() {
     .unwrap_or_else(|e| panic!("{e}\nrelay-b:\n{}", b.log_tail(30)));
     let capture = ClientCapture::start(&s, &dir);
     let n = 256 * MIB;
-    let script = format!(
-        "set -o pipefail; {} | sha256sum | cut -c1-64",
-        s.curl(
-            &s.ca(),
-            "--limit-rate 16M -v -w '%{stderr}connects=%{num_connects}\\n'",
-            &format!("/bytes/{n}")
-        )
-    );
+    let script = counted_download(&s, n, "--limit-rate 16M");
     let run = Script::spawn(&s.lab, Node::Client, &script);
     wait_for(Duration::from_secs(120), "the download under way", || {
         (s.relay.status().ok()?.bytes_down >= n / 10).then_some(())
@@ -2104,19 +2097,7 @@ fn a_cut_backplane_with_both_relays_alive_leaves_one_relay_serving() {
     .unwrap_or_else(|e| panic!("{e}\nrelay-b:\n{}", b.log_tail(30)));
 
     let done = run.finish(Duration::from_secs(300));
-    assert!(
-        done.ok(),
-        "curl failed ({}): {}",
-        done.status,
-        done.stderr
-            .lines()
-            .rev()
-            .take(10)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    assert_eq!(done.stdout.trim(), pattern_sha256(n), "not byte-exact");
-    assert!(done.stderr.contains("connects=1"), "one connection");
+    check_counted_download(&done, n, "bpcut", &s.relay.log_tail(30));
     let resets = capture.resets_from_vip(&s);
     assert!(resets.is_empty(), "resets reached the client: {resets:?}");
     let status = b.status().expect("relay-b status");
@@ -2172,12 +2153,14 @@ fn count_of(lines: &[String], mark: &str) -> usize {
 }
 
 /// A TLS 1.3 download of `n` bytes with curl reporting its connections.
-fn counted_download(s: &Setup, n: u64) -> String {
+/// A TLS 1.3 download of `n` bytes that prints its hash and, on stderr,
+/// the number of connections curl made; `extra` goes to curl too.
+fn counted_download(s: &Setup, n: u64, extra: &str) -> String {
     format!(
         "set -o pipefail; {} | sha256sum | cut -c1-64",
         s.curl(
             &s.ca(),
-            "--tlsv1.3 -v -w '%{stderr}connects=%{num_connects}\\n'",
+            &format!("--tlsv1.3 {extra} -v -w '%{{stderr}}connects=%{{num_connects}}\\n'"),
             &format!("/bytes/{n}")
         )
     )
@@ -2269,7 +2252,7 @@ fn every_flow_stays_byte_exact_with_ten_percent_loss_on_the_backplane() {
     // (1) A whole download over the lossy backplane.
     let dir1 = TempDir(temp_dir(&format!("bploss1-{}", s.lab.prefix())));
     let capture = ClientCapture::start(&s, &dir1);
-    let run = Script::spawn(&s.lab, Node::Client, &counted_download(&s, n));
+    let run = Script::spawn(&s.lab, Node::Client, &counted_download(&s, n, ""));
     let done = run.finish(Duration::from_secs(300));
     check_counted_download(&done, n, "lossy 1", &s.relay.log_tail(30));
     let resets = capture.resets_from_vip(&s);
@@ -2306,7 +2289,7 @@ fn every_flow_stays_byte_exact_with_ten_percent_loss_on_the_backplane() {
     let capture = ClientCapture::start(&s, &dir2);
     let base = s.relay.status().expect("relay-a status").bytes_down;
     let point = kill_point(n);
-    let run = Script::spawn(&s.lab, Node::Client, &counted_download(&s, n));
+    let run = Script::spawn(&s.lab, Node::Client, &counted_download(&s, n, ""));
     wait_for(
         Duration::from_secs(300),
         "the second download under way",
@@ -2432,7 +2415,7 @@ fn the_pair_stays_connected_with_ten_percent_loss_on_the_backplane() {
     // Busy: the replication of a download.
     let (a_mark, b_mark) = (log_len(&s.relay), log_len(&b));
     let n = 256 * MIB;
-    let done = Script::spawn(&s.lab, Node::Client, &counted_download(&s, n))
+    let done = Script::spawn(&s.lab, Node::Client, &counted_download(&s, n, ""))
         .finish(Duration::from_secs(300));
     check_counted_download(&done, n, "download", &s.relay.log_tail(30));
     let busy: Vec<String> = flaps(&log_since(&s.relay, a_mark))
@@ -2732,14 +2715,7 @@ fn failback_a_returning_relay_gets_its_flows_back_by_handoff() {
     let dir = TempDir(temp_dir(&format!("failback-{}", s.lab.prefix())));
     let capture = ClientCapture::start(&s, &dir);
     let n = 256 * MIB;
-    let script = format!(
-        "set -o pipefail; {} | sha256sum | cut -c1-64",
-        s.curl(
-            &s.ca(),
-            "--limit-rate 12M -v -w '%{stderr}connects=%{num_connects}\\n'",
-            &format!("/bytes/{n}")
-        )
-    );
+    let script = counted_download(&s, n, "--limit-rate 12M");
     let run = Script::spawn(&s.lab, Node::Client, &script);
     wait_for(Duration::from_secs(120), "the download under way", || {
         (s.relay.status().ok()?.bytes_down >= n / 10).then_some(())
@@ -2799,20 +2775,7 @@ fn failback_a_returning_relay_gets_its_flows_back_by_handoff() {
     .unwrap_or_else(|e| panic!("{e}\nrelay-a:\n{}", a.log_tail(30)));
 
     let done = run.finish(Duration::from_secs(300));
-    assert!(
-        done.ok(),
-        "curl failed ({}): {}\nrelay-a:\n{}",
-        done.status,
-        done.stderr
-            .lines()
-            .rev()
-            .take(10)
-            .collect::<Vec<_>>()
-            .join("\n"),
-        a.log_tail(30)
-    );
-    assert_eq!(done.stdout.trim(), pattern_sha256(n), "not byte-exact");
-    assert!(done.stderr.contains("connects=1"), "one connection");
+    check_counted_download(&done, n, "failback", &a.log_tail(30));
     let resets = capture.resets_from_vip(&s);
     assert!(resets.is_empty(), "resets reached the client: {resets:?}");
     let (ma, mb) = (

@@ -559,6 +559,26 @@ fn bench() -> Result<()> {
             "--bin",
             "tls-compare",
         ],
+    )?;
+    step(
+        "failover gap (1 and 1000 flows), replication cost and commit latency of a relay pair, in the lab",
+    );
+    // The relay, lab-backend and lab-load in release, next to the bench.
+    sh(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "-p",
+            "relay-app",
+            "-p",
+            "relay-lab",
+            "--bins",
+        ],
+    )?;
+    sh(
+        "cargo",
+        &["run", "--release", "-p", "relay-bench", "--bin", "failover"],
     )
 }
 
