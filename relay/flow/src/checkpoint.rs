@@ -19,10 +19,13 @@ use crate::outbox::{CommitNo, FlowId};
 
 const MAGIC: &[u8; 4] = b"RFLW";
 /// Encoding version of [`FlowCheckpoint::to_bytes`].
-pub const FLOW_CHECKPOINT_VERSION: u8 = 2;
+pub const FLOW_CHECKPOINT_VERSION: u8 = 3;
 /// Largest partial record carried (a TLS record is at most 2^14 + 256 bytes
 /// of body plus a 5-byte header).
 pub const MAX_PARTIAL: usize = (1 << 14) + 256 + 5;
+/// Most handshake tail bytes a checkpoint carries (a few session ticket
+/// records in practice).
+pub const MAX_HS_TAIL: usize = 1 << 14;
 /// Most planned batches a checkpoint may carry.
 pub const MAX_BATCHES: usize = 4096;
 
@@ -86,6 +89,10 @@ pub struct FlowCheckpoint {
     /// Client ciphertext past the last opened record, up to the release
     /// point (a record the client has only partly sent).
     pub partial: Vec<u8>,
+    /// Handshake output the client has not acknowledged (session tickets
+    /// after the client's Finished): the client-bound bytes just before
+    /// `down_client_off`, which an adopter sends again before any batch.
+    pub hs_tail: Vec<u8>,
     /// Client stream offset of the upstream release point.
     pub up_client_off: u64,
     /// Backend-bound plaintext offset at the end of the last opened record.
@@ -118,6 +125,7 @@ impl FlowCheckpoint {
         w.block(&self.back.to_bytes());
         w.block(&self.traffic.export());
         w.block(&self.partial);
+        w.block(&self.hs_tail);
         for v in [
             self.up_client_off,
             self.up_plain_off,
@@ -175,6 +183,10 @@ impl FlowCheckpoint {
         let partial = r.block("partial")?.to_vec();
         if partial.len() > MAX_PARTIAL {
             return Err(FlowError::Checkpoint("partial"));
+        }
+        let hs_tail = r.block("hs_tail")?.to_vec();
+        if hs_tail.len() > MAX_HS_TAIL {
+            return Err(FlowError::Checkpoint("hs_tail"));
         }
         let up_client_off = r.u64("up_client_off")?;
         let up_plain_off = r.u64("up_plain_off")?;
@@ -237,6 +249,7 @@ impl FlowCheckpoint {
             back,
             traffic,
             partial,
+            hs_tail,
             up_client_off,
             up_plain_off,
             down_client_off,
@@ -261,6 +274,9 @@ impl FlowCheckpoint {
         }
         if (self.partial.len() as u64) > self.up_client_off {
             return Err(FlowError::Checkpoint("partial longer than the stream"));
+        }
+        if self.hs_tail.len() > MAX_HS_TAIL || self.hs_tail.len() as u64 > self.down_client_off {
+            return Err(FlowError::Checkpoint("hs_tail"));
         }
         let mut client = self.down_client_off;
         let mut plain = self.down_plain_off;

@@ -9,7 +9,7 @@
 //! the checkpoint of its own), then the front and back TCP deltas (the
 //! changed fields, `relay_tcp::Checkpoint::write_delta_fields`), the
 //! traffic state, the partial record (unchanged, grown by a suffix, or
-//! whole), the four stream offsets as zigzag varints of their change, and
+//! whole), the handshake tail (unchanged or whole), the four stream offsets as zigzag varints of their change, and
 //! the batches as "dropped from the front, appended at the back". Traffic
 //! states are coded as unchanged, as new sequence numbers only, or whole.
 //! Written and read with `relay_codec`; decoding never panics: a lying
@@ -19,13 +19,13 @@
 use relay_codec::{Reader, Writer};
 use relay_tls::TrafficState;
 
-use crate::checkpoint::{FlowCheckpoint, MAX_BATCHES, MAX_PARTIAL, PlannedBatch};
+use crate::checkpoint::{FlowCheckpoint, MAX_BATCHES, MAX_HS_TAIL, MAX_PARTIAL, PlannedBatch};
 use crate::error::FlowError;
 use crate::outbox::CommitNo;
 
 const MAGIC: &[u8; 4] = b"RFLD";
 /// Encoding version of deltas.
-pub const FLOW_DELTA_VERSION: u8 = 2;
+pub const FLOW_DELTA_VERSION: u8 = 3;
 
 /// The delta from `base` to `new`, named by their commit numbers, or
 /// `None` when only a full checkpoint can say it (another flow, a commit
@@ -57,6 +57,13 @@ pub fn encode_delta(new: &FlowCheckpoint, base: &FlowCheckpoint) -> Option<Vec<u
     } else {
         w.u8(2);
         w.varint_block(&new.partial);
+    }
+    // The handshake tail only shrinks, and only right after the handshake.
+    if new.hs_tail == base.hs_tail {
+        w.u8(0);
+    } else {
+        w.u8(2);
+        w.varint_block(&new.hs_tail);
     }
     for (n, b) in [
         (new.up_client_off, base.up_client_off),
@@ -135,6 +142,11 @@ pub fn apply_delta(base: &FlowCheckpoint, bytes: &[u8]) -> Result<FlowCheckpoint
         }
         _ => return Err(FlowError::Checkpoint("partial")),
     };
+    let hs_tail = match r.u8("hs_tail")? {
+        0 => base.hs_tail.clone(),
+        2 => r.varint_block("hs_tail", MAX_HS_TAIL)?.to_vec(),
+        _ => return Err(FlowError::Checkpoint("hs_tail")),
+    };
     let mut offs = [0u64; 4];
     for (o, b) in offs.iter_mut().zip([
         base.up_client_off,
@@ -186,6 +198,7 @@ pub fn apply_delta(base: &FlowCheckpoint, bytes: &[u8]) -> Result<FlowCheckpoint
         back,
         traffic,
         partial,
+        hs_tail,
         up_client_off: offs[0],
         up_plain_off: offs[1],
         down_client_off: offs[2],

@@ -390,6 +390,14 @@ pub struct Flow {
     close_deadline: Option<Instant>,
     close_progress: [u32; 4],
     hs_out: Vec<u8>,
+    /// The last handshake step's output (TLS 1.3 session tickets, the
+    /// TLS 1.2 server Finished), which starts at client-bound offset
+    /// `hs_tail_off`: the first commit does not wait for the client to
+    /// acknowledge it (a client that has sent its request acknowledges
+    /// only after its delayed-ACK timer); a checkpoint carries what is
+    /// unacknowledged of it, for an adopter to send again.
+    hs_tail: Vec<u8>,
+    hs_tail_off: u64,
     /// Client stream bytes consumed from the front engine.
     front_rx_off: u64,
 
@@ -531,6 +539,8 @@ impl Flow {
             close_deadline: None,
             close_progress: [0; 4],
             hs_out: Vec::new(),
+            hs_tail: Vec::new(),
+            hs_tail_off: 0,
             front_rx_off: 0,
             records: None,
             up_in: Vec::new(),
@@ -622,7 +632,12 @@ impl Flow {
         let traffic = merge_traffic(&ck.traffic, &first);
         let layer = RecordLayer::new(traffic)?;
         let mut flow = Flow::blank(ck.id, cfg, front, now);
-        flow.front_una = Tracker::new(ck.front.snd_una, ck.down_client_off);
+        // An unacknowledged handshake tail goes out again first.
+        let tail_off = ck.down_client_off - ck.hs_tail.len() as u64;
+        flow.front_una = Tracker::new(ck.front.snd_una, tail_off);
+        flow.hs_out = ck.hs_tail.clone();
+        flow.hs_tail = ck.hs_tail.clone();
+        flow.hs_tail_off = tail_off;
         flow.back_una = Some(Tracker::new(ck.back.snd_una, ck.up_plain_off));
         flow.phase = Phase::Open;
         flow.back = Some(back);
@@ -872,6 +887,10 @@ impl Flow {
             return;
         }
         self.hs_out.extend_from_slice(&done.output);
+        if matches!(done.outcome, HandshakeOutcome::Complete(_)) {
+            self.hs_tail = done.output.clone();
+            self.hs_tail_off = self.client_next;
+        }
         self.client_next += done.output.len() as u64;
         let consumed_end = self.front_rx_off - self.hs_input.len() as u64;
         match done.outcome {
@@ -1186,6 +1205,15 @@ impl Flow {
 
     fn push_front(&mut self) {
         if !self.hs_out.is_empty() {
+            // While handshake output waits, it ends the stream planned so
+            // far. After an adoption the client may have acknowledged the
+            // tail the old relay sent: skip what it has.
+            let end = self.front_una.update(self.front.snd_una()) + self.front.send_queue() as u64;
+            let start = self.client_next - self.hs_out.len() as u64;
+            if start < end {
+                let skip = ((end - start) as usize).min(self.hs_out.len());
+                self.hs_out.drain(..skip);
+            }
             let n = self.front.send(&self.hs_out);
             self.hs_out.drain(..n);
             if !self.hs_out.is_empty() {
@@ -1683,7 +1711,8 @@ impl Flow {
             let ready = matches!(self.phase, Phase::Open | Phase::Closing)
                 && self.close_reason.is_none()
                 && self.hs_out.is_empty()
-                && self.front_una.off >= self.client_next
+                && self.front_una.off >= self.hs_tail_off.min(self.client_next)
+                && self.hs_tail_off + self.hs_tail.len() as u64 == self.client_next
                 && self.batches.is_empty()
                 && self.up_base.is_some()
                 && self
@@ -1823,7 +1852,11 @@ impl Flow {
             seq_at(self.front.irs() + 1, up.client_off + fin),
             up.fin,
         );
-        rewind_send(&mut front, seq_at(self.front.iss() + 1, down.client_off));
+        let hs_tail = self.hs_unacked(down.client_off);
+        rewind_send(
+            &mut front,
+            seq_at(self.front.iss() + 1, down.client_off - hs_tail.len() as u64),
+        );
         let mut back_ck = export_or_last(back, self.back_ck.as_ref())?;
         if self.back_close_commit.is_some() && back_ck.snd_fin.is_none() {
             // Committed FIN not sent yet: the adopter sends it after the
@@ -1875,6 +1908,7 @@ impl Flow {
             back: back_ck,
             traffic,
             partial: up.partial.clone(),
+            hs_tail,
             up_client_off: up.client_off,
             up_plain_off: up.plain_off,
             down_client_off: down.client_off,
@@ -1969,6 +2003,20 @@ impl Flow {
 /// the final `snd_una`: a commit made after that (the other side's release
 /// points moving) still needs this side's state, and the caller rewinds
 /// `snd_una` to what the adopter can re-supply.
+impl Flow {
+    /// The end of the handshake tail the client has not acknowledged, when
+    /// it ends at `down_off` (the committed down point): what an adopter
+    /// must send again before the first batch.
+    fn hs_unacked(&self, down_off: u64) -> Vec<u8> {
+        let end = self.hs_tail_off + self.hs_tail.len() as u64;
+        let acked = self.front_una.off;
+        if end != down_off || acked >= end || acked < self.hs_tail_off {
+            return Vec::new();
+        }
+        self.hs_tail[(acked - self.hs_tail_off) as usize..].to_vec()
+    }
+}
+
 fn export_or_last(
     c: &Connection,
     last: Option<&relay_tcp::Checkpoint>,

@@ -56,18 +56,25 @@ fn real_checkpoints_round_trip() {
     let samples = samples();
     let mut with_batches = 0;
     let mut with_partial = 0;
+    let mut with_tail = 0;
     for b in &samples {
         let ck = FlowCheckpoint::from_bytes(b).unwrap();
         assert_eq!(&ck.to_bytes(), b);
         ck.validate().unwrap();
         with_batches += usize::from(!ck.batches.is_empty());
         with_partial += usize::from(!ck.partial.is_empty());
+        with_tail += usize::from(!ck.hs_tail.is_empty());
     }
     eprintln!(
-        "{} checkpoints, {with_batches} with batches, {with_partial} with a partial record",
+        "{} checkpoints, {with_batches} with batches, {with_partial} with a partial record, \
+         {with_tail} with a handshake tail",
         samples.len()
     );
     assert!(with_batches > 0, "no sample carries planned batches");
+    // The first commit does not wait for the client to acknowledge the
+    // session tickets (a client with its request sent would only do so
+    // after its delayed-ACK timer): it carries them for an adopter.
+    assert!(with_tail > 0, "no first commit before the tickets' ACK");
 }
 
 #[test]
