@@ -2387,9 +2387,6 @@ fn every_flow_stays_byte_exact_with_ten_percent_loss_on_the_backplane() {
 /// neither relay sees the other cut or down (a late heartbeat, `suspect`,
 /// is what loss may cost).
 #[test]
-#[ignore = "known failing: under 10% backplane loss the pair flaps (cuts and reconnections \
-            every few seconds): heartbeats share the backplane's TCP stream, and a lost \
-            segment whose retransmission is lost too holds them past 8 x 50 ms"]
 fn the_pair_stays_connected_with_ten_percent_loss_on_the_backplane() {
     let (s, b, a_from, b_from) = lossy_pair("bpflap", 10);
     let flapped = |s: &Setup| -> Vec<String> {

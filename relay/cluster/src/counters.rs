@@ -101,6 +101,8 @@ pub struct Counters {
     pub front_refused: u64,
     /// Times a peer was found alive with its backplane lost.
     pub backplane_lost: u64,
+    /// Datagram heartbeats accepted over the backplane link (all peers).
+    pub backplane_beats_heard: u64,
 }
 
 /// The live counters.
@@ -128,6 +130,7 @@ pub(crate) struct AtomicCounters {
     pub(crate) front_heard: AtomicU64,
     pub(crate) front_refused: AtomicU64,
     pub(crate) backplane_lost: AtomicU64,
+    pub(crate) backplane_beats_heard: AtomicU64,
 }
 
 /// Adds one; relaxed: counters order nothing.
@@ -177,6 +180,7 @@ impl AtomicCounters {
             front_heard: get(&self.front_heard),
             front_refused: get(&self.front_refused),
             backplane_lost: get(&self.backplane_lost),
+            backplane_beats_heard: get(&self.backplane_beats_heard),
         }
     }
 }

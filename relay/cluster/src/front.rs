@@ -1,6 +1,8 @@
-//! Membership's second path: a heartbeat per peer per interval over the
-//! front network (UDP), so that a lost backplane alone never reads as a
-//! dead peer and never makes two relays serve one VIP.
+//! Datagram heartbeats: one per peer per interval over the front network
+//! (membership's second path, so that a lost backplane alone never reads
+//! as a dead peer and never makes two relays serve one VIP), and one over
+//! the backplane link itself (so that a lossy backplane, whose TCP stream
+//! stalls for retransmission timeouts, does not read as a lost one).
 //!
 //! A beat is authenticated with HMAC-SHA256 under a key both ends export
 //! from the TLS session of their live backplane connection (RFC 8446
@@ -18,8 +20,42 @@ use ring::hmac;
 
 use relay_replication::RelayId;
 
-/// The TLS exporter label both ends derive the key with.
-pub(crate) const EXPORTER_LABEL: &[u8] = b"EXPORTER-relay-front-heartbeat";
+/// Which network a datagram heartbeat crosses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BeatPath {
+    /// The front network: membership's second path.
+    Front,
+    /// The backplane link, beside the TCP connection.
+    Backplane,
+}
+
+impl BeatPath {
+    /// The TLS exporter label both ends derive this path's key with: one
+    /// key per path, so that a beat of one path replayed on the other is
+    /// refused.
+    pub(crate) fn label(self) -> &'static [u8] {
+        match self {
+            BeatPath::Front => b"EXPORTER-relay-front-heartbeat",
+            BeatPath::Backplane => b"EXPORTER-relay-backplane-heartbeat",
+        }
+    }
+}
+
+/// The keys of both datagram paths shared with one peer.
+#[derive(Debug)]
+pub(crate) struct BeatKeys {
+    pub(crate) front: FrontKey,
+    pub(crate) backplane: FrontKey,
+}
+
+impl BeatKeys {
+    pub(crate) fn path(&mut self, path: BeatPath) -> &mut FrontKey {
+        match path {
+            BeatPath::Front => &mut self.front,
+            BeatPath::Backplane => &mut self.backplane,
+        }
+    }
+}
 /// Key length, bytes.
 pub(crate) const KEY_LEN: usize = 32;
 

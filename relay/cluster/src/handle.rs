@@ -14,6 +14,7 @@ use tokio::sync::{Notify, watch};
 use crate::config::BackplaneConfig;
 use crate::counters::{AtomicCounters, Counters};
 use crate::error::Error;
+use crate::front::BeatPath;
 use crate::shared::{Clock, PeerSlot, Shared, SlotState, StandbyStore, Wake};
 use crate::tls::Tls;
 use crate::worker::{PeerQueue, Waker, WorkerPort, WorkerTx};
@@ -62,7 +63,8 @@ pub enum DisconnectReason {
     Closed,
     /// Network: a socket or TLS error.
     Io,
-    /// Peer or network: nothing received for twice the dead interval.
+    /// Peer or network: nothing received for twice the dead interval (at
+    /// least 3 s).
     Idle,
     /// Peer or network: a write did not complete for twice the dead
     /// interval (the peer does not read).
@@ -183,15 +185,15 @@ impl Backplane {
                 addr: local_addr,
                 source,
             })?;
-        let front = match cfg.front {
-            Some(addr) => {
-                let bind_err = |source| Error::Bind { addr, source };
-                let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
-                socket.set_nonblocking(true).map_err(bind_err)?;
-                Some(socket)
-            }
-            None => None,
+        let udp = |addr: SocketAddr| -> Result<std::net::UdpSocket, Error> {
+            let bind_err = |source| Error::Bind { addr, source };
+            let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
+            socket.set_nonblocking(true).map_err(bind_err)?;
+            Ok(socket)
         };
+        let front = cfg.front.map(udp).transpose()?;
+        // Beside the TCP listener, on the same address and port.
+        let beats = udp(local_addr)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -229,7 +231,7 @@ impl Backplane {
                     last_commit: None,
                     bytes_sent: 0,
                     bytes_received: 0,
-                    front_key: None,
+                    beat_keys: None,
                 }),
                 membership_wake: Notify::new(),
                 live_watch: watch::Sender::new(0),
@@ -272,7 +274,7 @@ impl Backplane {
                     runtime.block_on(crate::transport::run(
                         shared,
                         listener,
-                        front,
+                        [(front, BeatPath::Front), (Some(beats), BeatPath::Backplane)],
                         tls,
                         shutdown_rx,
                     ))

@@ -17,7 +17,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::{BackplaneConfig, PeerSpec};
 use crate::counters::{AtomicCounters, bump, walk};
-use crate::front::{BeatError, FrontKey, claimed_sender};
+use crate::front::{BeatError, BeatKeys, BeatPath, claimed_sender};
 use crate::handle::{BackplaneEvent, DisconnectReason};
 use crate::worker::{PeerQueue, Tagged, WorkerEvent, WorkerTx};
 
@@ -128,9 +128,9 @@ pub(crate) struct SlotState {
     pub(crate) last_commit: Option<std::time::Instant>,
     pub(crate) bytes_sent: u64,
     pub(crate) bytes_received: u64,
-    /// The front-path key of the latest connection (kept after it ends:
-    /// that is when the front path matters).
-    pub(crate) front_key: Option<FrontKey>,
+    /// The datagram heartbeat keys of the latest connection (kept after
+    /// it ends: that is when the datagram paths matter).
+    pub(crate) beat_keys: Option<BeatKeys>,
 }
 
 impl std::fmt::Debug for SlotState {
@@ -236,7 +236,7 @@ impl Shared {
         slot: &PeerSlot,
         hello: Hello,
         outbound: bool,
-        front_key: Option<FrontKey>,
+        beat_keys: Option<BeatKeys>,
     ) -> Option<(u64, watch::Receiver<Option<DisconnectReason>>)> {
         let peer = slot.spec.id;
         let mut wake = Wake::default();
@@ -296,8 +296,8 @@ impl Shared {
                 "backplane connection up"
             );
             st.hello = Some(hello);
-            if front_key.is_some() {
-                st.front_key = front_key;
+            if beat_keys.is_some() {
+                st.beat_keys = beat_keys;
             }
             slot.queue.reset.store(false, Ordering::Release);
             slot.queue.live.store(generation, Ordering::Release);
@@ -516,27 +516,48 @@ impl Shared {
         DisconnectReason::Protocol
     }
 
-    /// A datagram arrived on the front-path port from `from`: a beat of a
-    /// peer (membership's second path), or something refused and counted.
-    pub(crate) fn front_datagram(&self, datagram: &[u8], from: std::net::SocketAddr) {
+    /// A datagram arrived on a heartbeat port from `from`: a beat of a
+    /// peer, or something refused and counted.
+    pub(crate) fn beat_datagram(
+        &self,
+        path: BeatPath,
+        datagram: &[u8],
+        from: std::net::SocketAddr,
+    ) {
         let checked = claimed_sender(datagram).and_then(|relay| {
             let slot = self
                 .slots
                 .iter()
-                .find(|s| s.spec.id == relay && s.spec.front.is_some_and(|f| f.ip() == from.ip()))
+                .find(|s| {
+                    let addr = match path {
+                        BeatPath::Front => s.spec.front,
+                        BeatPath::Backplane => Some(s.spec.addr),
+                    };
+                    s.spec.id == relay && addr.is_some_and(|a| a.ip() == from.ip())
+                })
                 .ok_or(BeatError::Stranger(relay))?;
             let mut st = slot.lock();
-            st.front_key
+            st.beat_keys
                 .as_mut()
                 .ok_or(BeatError::NoKey(relay))?
+                .path(path)
                 .open(datagram, relay)?;
             Ok((slot.clone(), st))
         });
         match checked {
             Ok((slot, mut st)) => {
-                bump(&self.counters.front_heard);
+                let now = self.clock.now();
                 let mut wake = Wake::default();
-                st.peer.handle_front_heard(self.clock.now());
+                match path {
+                    BeatPath::Front => {
+                        bump(&self.counters.front_heard);
+                        st.peer.handle_front_heard(now);
+                    }
+                    BeatPath::Backplane => {
+                        bump(&self.counters.backplane_beats_heard);
+                        st.peer.handle_backplane_beat(now);
+                    }
+                }
                 self.drain_membership(&slot, &mut st, &mut wake);
                 drop(st);
                 wake.membership = true;
@@ -544,7 +565,7 @@ impl Shared {
             }
             Err(e) => {
                 bump(&self.counters.front_refused);
-                tracing::debug!(%from, error = %e, "front path: datagram refused");
+                tracing::debug!(%from, ?path, error = %e, "heartbeat datagram refused");
             }
         }
     }

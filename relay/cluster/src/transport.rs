@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsStream;
 
 use crate::counters::bump;
-use crate::front::{EXPORTER_LABEL, FrontKey, KEY_LEN};
+use crate::front::{BeatKeys, BeatPath, FrontKey, KEY_LEN};
 use crate::handle::DisconnectReason;
 use crate::shared::{PeerSlot, Shared, Wake};
 use crate::tls::{Tls, is_certificate_error, names_peer};
@@ -30,7 +30,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 pub(crate) async fn run(
     shared: Arc<Shared>,
     listener: std::net::TcpListener,
-    front: Option<std::net::UdpSocket>,
+    beats: [(Option<std::net::UdpSocket>, BeatPath); 2],
     tls: Tls,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -45,8 +45,10 @@ pub(crate) async fn run(
         tokio::spawn(membership(shared.clone(), slot.clone()));
         tokio::spawn(dial_loop(shared.clone(), slot.clone(), tls.clone()));
     }
-    if let Some(socket) = front {
-        tokio::spawn(front_path(shared.clone(), socket));
+    for (socket, path) in beats {
+        if let Some(socket) = socket {
+            tokio::spawn(beat_path(shared.clone(), socket, path));
+        }
     }
     loop {
         tokio::select! {
@@ -105,13 +107,13 @@ async fn membership(shared: Arc<Shared>, slot: Arc<PeerSlot>) {
     }
 }
 
-/// Membership's second path (see `front`): a beat to every peer we share
-/// a key with each interval, and the peers' beats in.
-async fn front_path(shared: Arc<Shared>, socket: std::net::UdpSocket) {
+/// A datagram heartbeat path (see `front`): a beat to every peer we
+/// share keys with each interval, and the peers' beats in.
+async fn beat_path(shared: Arc<Shared>, socket: std::net::UdpSocket, path: BeatPath) {
     let socket = match tokio::net::UdpSocket::from_std(socket) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "front path: cannot use the socket; backplane heartbeats only");
+            tracing::error!(error = %e, ?path, "cannot use the heartbeat socket");
             return;
         }
     };
@@ -122,48 +124,63 @@ async fn front_path(shared: Arc<Shared>, socket: std::net::UdpSocket) {
         tokio::select! {
             _ = tick.tick() => {
                 for slot in &shared.slots {
-                    let Some(to) = slot.spec.front else { continue };
-                    let beat = slot.lock().front_key.as_mut().map(|k| k.seal(shared.id));
+                    let to = match path {
+                        BeatPath::Front => slot.spec.front,
+                        BeatPath::Backplane => Some(slot.spec.addr),
+                    };
+                    let Some(to) = to else { continue };
+                    let beat = slot
+                        .lock()
+                        .beat_keys
+                        .as_mut()
+                        .map(|k| k.path(path).seal(shared.id));
                     if let Some(beat) = beat {
                         match socket.send_to(&beat, to).await {
-                            Ok(_) => bump(&shared.counters.front_sent),
-                            Err(e) => tracing::debug!(%to, error = %e, "front path: send failed"),
+                            Ok(_) if path == BeatPath::Front => bump(&shared.counters.front_sent),
+                            Ok(_) => {}
+                            Err(e) => tracing::debug!(%to, ?path, error = %e, "heartbeat send failed"),
                         }
                     }
                 }
             }
             r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => shared.front_datagram(&buf[..n], from),
-                Err(e) => tracing::debug!(error = %e, "front path: receive failed"),
+                Ok((n, from)) => shared.beat_datagram(path, &buf[..n], from),
+                Err(e) => tracing::debug!(error = %e, ?path, "heartbeat receive failed"),
             },
         }
     }
 }
 
-/// The key of the front path for this connection's session, both ends
+/// The datagram heartbeat keys for this connection's session, both ends
 /// alike (RFC 8446 section 7.5). `None` only if the session cannot export,
 /// which a finished TLS 1.3 handshake always can.
-fn front_key(stream: &TlsStream<TcpStream>) -> Option<FrontKey> {
-    let mut material = [0u8; KEY_LEN];
-    let exported = match stream {
-        TlsStream::Client(s) => s
-            .get_ref()
-            .1
-            .export_keying_material(&mut material, EXPORTER_LABEL, None)
-            .map(|_| ()),
-        TlsStream::Server(s) => s
-            .get_ref()
-            .1
-            .export_keying_material(&mut material, EXPORTER_LABEL, None)
-            .map(|_| ()),
-    };
-    match exported {
-        Ok(()) => Some(FrontKey::new(&material)),
-        Err(e) => {
-            tracing::warn!(error = %e, "front path: no key from this session");
-            None
+fn beat_keys(stream: &TlsStream<TcpStream>) -> Option<BeatKeys> {
+    let export = |path: BeatPath| -> Option<FrontKey> {
+        let mut material = [0u8; KEY_LEN];
+        let exported = match stream {
+            TlsStream::Client(s) => s
+                .get_ref()
+                .1
+                .export_keying_material(&mut material, path.label(), None)
+                .map(|_| ()),
+            TlsStream::Server(s) => s
+                .get_ref()
+                .1
+                .export_keying_material(&mut material, path.label(), None)
+                .map(|_| ()),
+        };
+        match exported {
+            Ok(()) => Some(FrontKey::new(&material)),
+            Err(e) => {
+                tracing::warn!(error = %e, ?path, "no heartbeat key from this session");
+                None
+            }
         }
-    }
+    };
+    Some(BeatKeys {
+        front: export(BeatPath::Front)?,
+        backplane: export(BeatPath::Backplane)?,
+    })
 }
 
 /// An inbound connection: TLS, identity, hellos, then the connection.
@@ -480,6 +497,25 @@ async fn write_all_flush<S: AsyncWrite + Unpin>(s: &mut S, bytes: &[u8]) -> std:
     s.flush().await
 }
 
+/// How long a connection may stay silent, or a write blocked, before it
+/// is dropped. Membership does not depend on it (datagram beats tell a
+/// live link), and a lossy link stalls a TCP stream for retransmission
+/// timeouts that double each time (0.2 s, 0.4 s, 0.8 s...): short of that,
+/// a lossy backplane would be reconnected, and every flow re-seeded, over
+/// and over.
+fn connection_patience(shared: &Shared) -> Duration {
+    shared
+        .cfg
+        .heartbeat
+        .dead_after()
+        .saturating_mul(2)
+        .max(CONNECTION_PATIENCE_MIN)
+}
+
+/// The least [`connection_patience`]: three doublings of a 200 ms
+/// retransmission timeout and then some.
+const CONNECTION_PATIENCE_MIN: Duration = Duration::from_secs(3);
+
 /// Runs an authenticated connection until it ends: installs it (or not:
 /// tie-break), then a reader and a writer; each stops the other.
 async fn connection(
@@ -490,12 +526,8 @@ async fn connection(
     hello: Hello,
     deframer: Deframer,
 ) {
-    let key = if shared.cfg.front.is_some() {
-        front_key(&stream)
-    } else {
-        None
-    };
-    let Some((generation, close)) = shared.install(&slot, hello, outbound, key) else {
+    let keys = beat_keys(&stream);
+    let Some((generation, close)) = shared.install(&slot, hello, outbound, keys) else {
         return;
     };
     let (rd, wr) = tokio::io::split(stream);
@@ -515,8 +547,8 @@ async fn read_loop(
     mut close: watch::Receiver<Option<DisconnectReason>>,
 ) {
     // Heartbeats come every interval; this much silence is a dead or hung
-    // connection even if the front path keeps the peer from being down.
-    let idle = shared.cfg.heartbeat.dead_after().saturating_mul(2);
+    // connection even if the datagram beats keep the peer from being down.
+    let idle = connection_patience(shared);
     let mut buf = vec![0u8; READ_BUF];
     // The hello's read may have brought more envelopes: process them first.
     let mut received = 0;
@@ -562,9 +594,8 @@ async fn write_loop(
     mut close: watch::Receiver<Option<DisconnectReason>>,
 ) {
     // A write that cannot complete for this long means the peer does not
-    // read: it would declare us down by now anyway (no heartbeats get
-    // through), and our queues must not grow behind it.
-    let stall = shared.cfg.heartbeat.dead_after().saturating_mul(2);
+    // read, and our queues must not grow behind it.
+    let stall = connection_patience(shared);
     loop {
         let buf = match shared.collect(slot, generation) {
             Ok(b) => b,

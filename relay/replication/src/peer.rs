@@ -212,6 +212,14 @@ impl Peer {
         self.evaluate(now);
     }
 
+    /// A datagram heartbeat came over the backplane link: the link is up,
+    /// whatever the state of the TCP stream beside it (a lossy link stalls
+    /// that stream for retransmission timeouts).
+    pub fn handle_backplane_beat(&mut self, now: Instant) {
+        self.heard_backplane = Some(now);
+        self.evaluate(now);
+    }
+
     /// The peer was heard over the front network (second path).
     pub fn handle_front_heard(&mut self, now: Instant) {
         self.heard_front = Some(now);
