@@ -2743,6 +2743,13 @@ fn failback_a_returning_relay_gets_its_flows_back_by_handoff() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}\nrelay-a:\n{}", a.log_tail(30)));
+    // relay-b's view too: it hands off only to a peer it sees up.
+    wait_for(Duration::from_secs(60), "relay-b to see relay-a up", || {
+        let p = b.peers().ok()?;
+        let peer = p.peers.first()?;
+        (peer.state == "up" && peer.connected).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\nrelay-b:\n{}", b.log_tail(30)));
     assert!(
         a.log_tail(400).contains("serving no address"),
         "relay-a took addresses its peer serves:\n{}",
