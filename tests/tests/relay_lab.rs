@@ -12,6 +12,7 @@
 //! when a test fails. Run with `--nocapture` to see the figures.
 
 use std::io::Read;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -2777,6 +2778,17 @@ fn failback_a_returning_relay_gets_its_flows_back_by_handoff() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}\nrelay-a:\n{}", a.log_tail(30)));
+    // The adopted flow is listed as any other: its backend and its TLS.
+    let listed = wait_for(Duration::from_secs(30), "relay-a to list the flow", || {
+        a.flows().ok()?.into_iter().next()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        listed.backend,
+        Some(SocketAddr::V4(SocketAddrV4::new(addr::BACKEND, 8080))),
+        "{listed:?}"
+    );
+    assert!(listed.tls.contains("Tls13"), "{listed:?}");
 
     let done = run.finish(Duration::from_secs(300));
     check_counted_download(&done, n, "failback", &a.log_tail(30));

@@ -129,6 +129,15 @@ impl BackendPool {
         })
     }
 
+    /// A flow adopted from a peer relay, relayed to `addr`: counted as
+    /// one of that backend's flows (`None` if the pool has no such
+    /// backend, e.g. after a reload on one relay only).
+    pub fn adopt(&mut self, addr: SocketAddrV4) -> Option<Pick> {
+        let index = self.backends.iter().position(|b| b.addr == addr)?;
+        self.backends[index].active_flows += 1;
+        Some(Pick { index, addr })
+    }
+
     /// A flow relayed to `index` ended.
     pub fn flow_closed(&mut self, index: usize) {
         if let Some(b) = self.backends.get_mut(index) {
@@ -218,6 +227,28 @@ mod tests {
             fall,
             ..HealthCheck::default()
         }
+    }
+
+    #[test]
+    fn an_adopted_flow_counts_with_its_backend() {
+        let a = addrs(2);
+        let mut pool = BackendPool::new(&a, Balance::LeastConnections, &hc(2, 1));
+        let pick = pool.adopt(a[1]).expect("a backend of the pool");
+        assert_eq!(
+            pick,
+            Pick {
+                index: 1,
+                addr: a[1]
+            }
+        );
+        // The next new flow goes to the backend with fewer flows.
+        assert_eq!(pool.pick().map(|p| p.index), Some(0));
+        pool.flow_closed(pick.index);
+        assert_eq!(pool.status()[1].active_flows, 0);
+        assert_eq!(
+            pool.adopt(SocketAddrV4::new([10, 9, 9, 9].into(), 80)),
+            None
+        );
     }
 
     #[test]

@@ -642,6 +642,15 @@ impl Flow {
         flow.phase = Phase::Open;
         flow.back = Some(back);
         flow.meta = Some(ck.meta.clone());
+        // What the old relay negotiated: the listing shows it, and a reset
+        // of an adopted flow is no failed handshake.
+        flow.info = Some(HandshakeInfo {
+            version: ck.traffic.version,
+            suite: ck.traffic.suite,
+            server_name: ck.meta.server_name.clone(),
+            alpn: ck.meta.alpn.clone(),
+            resumed: ck.meta.resumed,
+        });
         flow.records = Some(layer);
         flow.front_rx_off = ck.up_client_off;
         flow.up_in = ck.partial.clone();

@@ -786,6 +786,17 @@ impl Worker {
                 back_port = Some(t.local.port());
             }
         }
+        // Counted with its backend, as a flow opened here would be.
+        let backend = a.checkpoint.meta.backend;
+        let backend = self
+            .shared
+            .pools
+            .get(service)
+            .and_then(|p| match p.lock() {
+                Ok(mut g) => g.adopt(backend),
+                Err(poisoned) => poisoned.into_inner().adopt(backend),
+            })
+            .map(|p| (p.index, p.addr));
         let m = &self.shared.metrics;
         m.flows_adopted.inc();
         m.flows_active.add(1);
@@ -795,7 +806,7 @@ impl Worker {
                 flow,
                 service,
                 client_mac: EthernetAddress(a.client_mac),
-                backend: None,
+                backend,
                 back_port,
                 armed: None,
                 reported: FlowStats::default(),
