@@ -45,6 +45,11 @@ const BULK_RUNS_ENV: &str = "FAILOVER_BULK_RUNS";
 const BULK_RUNS_DEFAULT: usize = 5;
 /// Rounds by default, and the environment variables that change them.
 const ROUNDS_ENV: &str = "FAILOVER_ROUNDS";
+/// The pair's heartbeat timing, `<interval ms>x<misses>`.
+const HEARTBEAT_ENV: &str = "FAILOVER_HEARTBEAT";
+/// The lab's: its two cores carry the client, the backend and both relays,
+/// and a heartbeat late by the scheduler must not read as a death.
+const HEARTBEAT_DEFAULT: (u64, u32) = (50, 8);
 const ROUNDS_DEFAULT: usize = 20;
 const ROUNDS_1000_ENV: &str = "FAILOVER_ROUNDS_1000";
 const ROUNDS_1000_DEFAULT: usize = 3;
@@ -79,9 +84,11 @@ pub fn run() -> Result<()> {
     let rounds_1000 = rounds_from_env(ROUNDS_1000_ENV, ROUNDS_1000_DEFAULT)?;
     let bulk_runs = rounds_from_env(BULK_RUNS_ENV, BULK_RUNS_DEFAULT)?;
     let ctx = Ctx::new()?;
+    let (interval, misses) = heartbeat_from_env()?;
     println!(
-        "relay pair failover in the lab; relay {} (heartbeat 50 ms x 8: a dead peer is declared 400 ms after its last heartbeat)",
-        ctx.relay.display()
+        "relay pair failover in the lab; relay {} (heartbeat {interval} ms x {misses}: a dead peer is declared {} ms after its last heartbeat; {HEARTBEAT_ENV} changes it)",
+        ctx.relay.display(),
+        interval * u64::from(misses)
     );
     let mut rng = SplitMix::from_clock();
 
@@ -192,8 +199,16 @@ impl Ctx {
         let backend = sibling("lab-backend")?;
         let load = sibling("lab-load")?;
         let pki = TestPki::generate(KeyKind::EcdsaP256).context("making the lab's PKI")?;
-        let pair_a = RelayConfig::pair_member(&pki, Node::RelayA).context("relay-a's config")?;
-        let pair_b = RelayConfig::pair_member(&pki, Node::RelayB).context("relay-b's config")?;
+        let mut pair_a =
+            RelayConfig::pair_member(&pki, Node::RelayA).context("relay-a's config")?;
+        let mut pair_b =
+            RelayConfig::pair_member(&pki, Node::RelayB).context("relay-b's config")?;
+        let heartbeat = heartbeat_from_env()?;
+        for c in [&mut pair_a, &mut pair_b] {
+            if let Some(cluster) = c.cluster.as_mut() {
+                cluster.heartbeat = Some(heartbeat);
+            }
+        }
         let alone = RelayConfig::lab(&pki.cert_chain, &pki.key);
         let dir = Workdir::new(&format!("relay-failover-{}", std::process::id()))?;
         Ok(Ctx {
@@ -990,6 +1005,21 @@ impl SplitMix {
 
 // ---------------------------------------------------------------------------
 // Processes and files
+
+/// `FAILOVER_HEARTBEAT=<interval ms>x<misses>`, the lab's 50x8 if unset.
+fn heartbeat_from_env() -> Result<(u64, u32)> {
+    let Ok(v) = std::env::var(HEARTBEAT_ENV) else {
+        return Ok(HEARTBEAT_DEFAULT);
+    };
+    let parsed = v
+        .trim()
+        .split_once('x')
+        .and_then(|(i, m)| Some((i.parse().ok()?, m.parse().ok()?)))
+        .filter(|&(i, m): &(u64, u32)| i > 0 && m > 0);
+    parsed.with_context(|| {
+        format!("{HEARTBEAT_ENV}={v:?}: expected <interval ms>x<misses>, e.g. 20x5")
+    })
+}
 
 fn rounds_from_env(name: &str, default: usize) -> Result<usize> {
     match std::env::var(name) {

@@ -19,13 +19,16 @@ use crate::outbox::{CommitNo, FlowId};
 
 const MAGIC: &[u8; 4] = b"RFLW";
 /// Encoding version of [`FlowCheckpoint::to_bytes`].
-pub const FLOW_CHECKPOINT_VERSION: u8 = 3;
+pub const FLOW_CHECKPOINT_VERSION: u8 = 4;
 /// Largest partial record carried (a TLS record is at most 2^14 + 256 bytes
 /// of body plus a 5-byte header).
 pub const MAX_PARTIAL: usize = (1 << 14) + 256 + 5;
 /// Most handshake tail bytes a checkpoint carries (a few session ticket
 /// records in practice).
 pub const MAX_HS_TAIL: usize = 1 << 14;
+/// Most backend plaintext a checkpoint carries past the downstream
+/// release point (two records' worth: one being sealed, one arriving).
+pub const MAX_DOWN_PARTIAL: usize = 2 << 14;
 /// Most planned batches a checkpoint may carry.
 pub const MAX_BATCHES: usize = 4096;
 
@@ -93,6 +96,15 @@ pub struct FlowCheckpoint {
     /// after the client's Finished): the client-bound bytes just before
     /// `down_client_off`, which an adopter sends again before any batch.
     pub hs_tail: Vec<u8>,
+    /// Backend plaintext from `down_plain_off` on that this relay has
+    /// acknowledged to the backend although the client has not
+    /// acknowledged the records carrying it (`back.rcv_rel` is
+    /// `down_plain_off` plus its length). Only an adopter replaying its
+    /// predecessor's plan carries any: the backend retransmits one segment
+    /// at a time then, and a record that waited for all of its segments
+    /// before any was acknowledged would wait one retransmission timeout
+    /// per segment.
+    pub down_partial: Vec<u8>,
     /// Client stream offset of the upstream release point.
     pub up_client_off: u64,
     /// Backend-bound plaintext offset at the end of the last opened record.
@@ -126,6 +138,7 @@ impl FlowCheckpoint {
         w.block(&self.traffic.export());
         w.block(&self.partial);
         w.block(&self.hs_tail);
+        w.block(&self.down_partial);
         for v in [
             self.up_client_off,
             self.up_plain_off,
@@ -187,6 +200,10 @@ impl FlowCheckpoint {
         let hs_tail = r.block("hs_tail")?.to_vec();
         if hs_tail.len() > MAX_HS_TAIL {
             return Err(FlowError::Checkpoint("hs_tail"));
+        }
+        let down_partial = r.block("down_partial")?.to_vec();
+        if down_partial.len() > MAX_DOWN_PARTIAL {
+            return Err(FlowError::Checkpoint("down_partial"));
         }
         let up_client_off = r.u64("up_client_off")?;
         let up_plain_off = r.u64("up_plain_off")?;
@@ -250,6 +267,7 @@ impl FlowCheckpoint {
             traffic,
             partial,
             hs_tail,
+            down_partial,
             up_client_off,
             up_plain_off,
             down_client_off,
@@ -277,6 +295,14 @@ impl FlowCheckpoint {
         }
         if self.hs_tail.len() > MAX_HS_TAIL || self.hs_tail.len() as u64 > self.down_client_off {
             return Err(FlowError::Checkpoint("hs_tail"));
+        }
+        if self.down_partial.len() > MAX_DOWN_PARTIAL
+            || self
+                .down_plain_off
+                .checked_add(self.down_partial.len() as u64)
+                .is_none()
+        {
+            return Err(FlowError::Checkpoint("down_partial"));
         }
         let mut client = self.down_client_off;
         let mut plain = self.down_plain_off;

@@ -19,13 +19,15 @@
 use relay_codec::{Reader, Writer};
 use relay_tls::TrafficState;
 
-use crate::checkpoint::{FlowCheckpoint, MAX_BATCHES, MAX_HS_TAIL, MAX_PARTIAL, PlannedBatch};
+use crate::checkpoint::{
+    FlowCheckpoint, MAX_BATCHES, MAX_DOWN_PARTIAL, MAX_HS_TAIL, MAX_PARTIAL, PlannedBatch,
+};
 use crate::error::FlowError;
 use crate::outbox::CommitNo;
 
 const MAGIC: &[u8; 4] = b"RFLD";
 /// Encoding version of deltas.
-pub const FLOW_DELTA_VERSION: u8 = 3;
+pub const FLOW_DELTA_VERSION: u8 = 4;
 
 /// The delta from `base` to `new`, named by their commit numbers, or
 /// `None` when only a full checkpoint can say it (another flow, a commit
@@ -64,6 +66,20 @@ pub fn encode_delta(new: &FlowCheckpoint, base: &FlowCheckpoint) -> Option<Vec<u
     } else {
         w.u8(2);
         w.varint_block(&new.hs_tail);
+    }
+    // Backend plaintext held past the down point grows a segment at a time
+    // while the down point stays.
+    if new.down_partial == base.down_partial {
+        w.u8(0);
+    } else if new.down_plain_off == base.down_plain_off
+        && new.down_partial.starts_with(&base.down_partial)
+        && !base.down_partial.is_empty()
+    {
+        w.u8(1);
+        w.varint_block(&new.down_partial[base.down_partial.len()..]);
+    } else {
+        w.u8(2);
+        w.varint_block(&new.down_partial);
     }
     for (n, b) in [
         (new.up_client_off, base.up_client_off),
@@ -147,6 +163,20 @@ pub fn apply_delta(base: &FlowCheckpoint, bytes: &[u8]) -> Result<FlowCheckpoint
         2 => r.varint_block("hs_tail", MAX_HS_TAIL)?.to_vec(),
         _ => return Err(FlowError::Checkpoint("hs_tail")),
     };
+    let down_partial = match r.u8("down_partial")? {
+        0 => base.down_partial.clone(),
+        1 => {
+            let bytes = r.varint_block("down_partial", MAX_DOWN_PARTIAL)?;
+            if base.down_partial.len() + bytes.len() > MAX_DOWN_PARTIAL {
+                return Err(FlowError::Checkpoint("down_partial"));
+            }
+            let mut grown = base.down_partial.clone();
+            grown.extend_from_slice(bytes);
+            grown
+        }
+        2 => r.varint_block("down_partial", MAX_DOWN_PARTIAL)?.to_vec(),
+        _ => return Err(FlowError::Checkpoint("down_partial")),
+    };
     let mut offs = [0u64; 4];
     for (o, b) in offs.iter_mut().zip([
         base.up_client_off,
@@ -199,6 +229,7 @@ pub fn apply_delta(base: &FlowCheckpoint, bytes: &[u8]) -> Result<FlowCheckpoint
         traffic,
         partial,
         hs_tail,
+        down_partial,
         up_client_off: offs[0],
         up_plain_off: offs[1],
         down_client_off: offs[2],

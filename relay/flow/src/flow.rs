@@ -12,7 +12,7 @@ use relay_tls::{
     RecordLayer, RecordState, TrafficState, UnixTime, deframe, plan_records,
 };
 
-use crate::checkpoint::{FlowCheckpoint, FlowMeta, MAX_PARTIAL, PlannedBatch};
+use crate::checkpoint::{FlowCheckpoint, FlowMeta, MAX_DOWN_PARTIAL, MAX_PARTIAL, PlannedBatch};
 use crate::error::FlowError;
 use crate::outbox::{CommitNo, FlowId};
 
@@ -306,7 +306,19 @@ struct UpPoint {
 struct DownPoint {
     client_off: u64,
     plain_off: u64,
+    /// Backend plaintext acknowledged up to here although not yet part of
+    /// a record the client acknowledged (see
+    /// [`FlowCheckpoint::down_partial`]); never behind `plain_off` once
+    /// set, and never moves back.
+    partial_end: u64,
     fin: bool,
+}
+
+impl DownPoint {
+    /// Where the back engine's release point goes (before the FIN).
+    fn released(&self) -> u64 {
+        self.plain_off.max(self.partial_end)
+    }
 }
 
 #[derive(Debug)]
@@ -339,6 +351,9 @@ impl Tracker {
         self.off
     }
 }
+
+/// Segments of window an adopter offers past what the old relay did.
+const ADOPT_EXTRA_SEGMENTS: usize = 4;
 
 fn seq_at(base: SeqNumber, off: u64) -> SeqNumber {
     SeqNumber(base.0.wrapping_add(off as u32))
@@ -426,7 +441,19 @@ pub struct Flow {
     up_base: Option<UpPoint>,
 
     // Downstream.
+    /// Backend plaintext offset of the next byte to read (from
+    /// `down_prefix`, then from the back engine).
     down_read_off: u64,
+    /// Backend plaintext an adopted checkpoint carried past its down point
+    /// (`down_partial`): the back engine acknowledged it already, so it
+    /// comes before anything the engine holds.
+    down_prefix: VecDeque<u8>,
+    /// While an adopter replays (and until the client acknowledges what
+    /// it replayed), the plaintext read since `down_held_off`: a checkpoint
+    /// carries the part of it the back engine acknowledged early.
+    down_holding: bool,
+    down_held: VecDeque<u8>,
+    down_held_off: u64,
     client_next: u64,
     batches: VecDeque<Batch>,
     front_una: Tracker,
@@ -559,6 +586,10 @@ impl Flow {
             back_una: None,
             up_base: None,
             down_read_off: 0,
+            down_prefix: VecDeque::new(),
+            down_holding: false,
+            down_held: VecDeque::new(),
+            down_held_off: 0,
             client_next: 0,
             batches: VecDeque::new(),
             front_una,
@@ -618,8 +649,20 @@ impl Flow {
             .epoch
             .checked_add(1)
             .ok_or(FlowError::Checkpoint("commit epoch"))?;
-        let mut front = Connection::import(cfg.front.clone(), &ck.front, now, elapsed)?;
-        let mut back = Connection::import(cfg.back.clone(), &ck.back, now, elapsed)?;
+        // A few segments more window than the old relay offered: a sender
+        // limited by our window (the usual case, since we hold ACKs until
+        // commits) answers the nudge with new segments, and our SACK of
+        // them shows it at once that everything before was lost, instead
+        // of it waiting for its retransmission timeout. (A SACK block
+        // starting at the cumulative ACK, all a nudge could carry else, is
+        // ignored by Linux.)
+        let wider = |c: &relay_tcp::Config| {
+            let mut c = c.clone();
+            c.recv_buffer += ADOPT_EXTRA_SEGMENTS * usize::from(c.mss);
+            c
+        };
+        let mut front = Connection::import(wider(&cfg.front), &ck.front, now, elapsed)?;
+        let mut back = Connection::import(wider(&cfg.back), &ck.back, now, elapsed)?;
         front.nudge();
         back.nudge();
         // The layer starts with the first batch's write state (or the
@@ -677,10 +720,14 @@ impl Flow {
             State::CloseWait | State::Closing | State::LastAck | State::TimeWait
         );
         flow.down_read_off = ck.down_plain_off;
+        flow.down_prefix = ck.down_partial.iter().copied().collect();
+        flow.down_holding = !ck.batches.is_empty() || !ck.down_partial.is_empty();
+        flow.down_held_off = ck.down_plain_off;
         flow.client_next = ck.down_client_off;
         flow.down_base = Some(DownPoint {
             client_off: ck.down_client_off,
             plain_off: ck.down_plain_off,
+            partial_end: ck.down_plain_off + ck.down_partial.len() as u64,
             fin: flow.back_eof && ck.batches.is_empty(),
         });
         flow.close_planned = ck.batches.iter().any(|b| b.close) || ck.traffic.sent_close_notify;
@@ -1442,16 +1489,15 @@ impl Flow {
             }
             // Batches from a checkpoint come first, sealed exactly as planned.
             if let Some(plan) = self.replay.front() {
-                let Some(back) = self.back.as_mut() else {
+                if self.back.is_none() {
                     return;
-                };
-                let (a, b) = back.readable();
+                }
                 // Seal the records whose plaintext is all here; the rest of
                 // the batch waits, as a batch of its own (same records, same
                 // bytes). Waiting for the whole batch could wait forever: the
                 // backend fills a hole past the first record only once some
                 // of it is acknowledged, which needs the records sent.
-                let avail = a.len() + b.len();
+                let avail = self.down_avail();
                 let mut whole = 0;
                 let mut len = 0;
                 for &s in &plan.sizes {
@@ -1464,12 +1510,7 @@ impl Flow {
                 if whole == 0 && !plan.sizes.is_empty() {
                     return;
                 }
-                let mut plain = Vec::with_capacity(len);
-                plain.extend_from_slice(&a[..len.min(a.len())]);
-                if plain.len() < len {
-                    plain.extend_from_slice(&b[..len - plain.len()]);
-                }
-                back.consume(len);
+                let plain = self.down_take(len);
                 let Some(mut plan) = self.replay.pop_front() else {
                     return;
                 };
@@ -1500,7 +1541,6 @@ impl Flow {
                     self.stats.records_down += s.records as u64;
                 }
                 self.stats.bytes_down += len as u64;
-                self.down_read_off += len as u64;
                 let client_end = plan.client_off + cipher.len() as u64;
                 self.client_next = client_end;
                 if !rest_sizes.is_empty() {
@@ -1533,11 +1573,10 @@ impl Flow {
                 }
                 continue;
             }
-            let Some(back) = self.back.as_mut() else {
+            if self.back.is_none() {
                 return;
-            };
-            let (a, b) = back.readable();
-            let avail = a.len() + b.len();
+            }
+            let avail = self.down_avail();
             let close_now = self.back_eof && avail == 0;
             if avail == 0 && !layer.wants_transmit() && !close_now {
                 return;
@@ -1556,12 +1595,7 @@ impl Flow {
             if n == 0 && avail > 0 {
                 return;
             }
-            let mut plain = Vec::with_capacity(n);
-            plain.extend_from_slice(&a[..n.min(a.len())]);
-            if plain.len() < n {
-                plain.extend_from_slice(&b[..n - plain.len()]);
-            }
-            back.consume(n);
+            let plain = self.down_take(n);
             let sizes = plan_records(n, self.cfg.max_record);
             let state_before = layer.traffic_state().clone();
             let mut cipher = Vec::new();
@@ -1585,7 +1619,6 @@ impl Flow {
                 self.close_planned = true;
             }
             self.stats.bytes_down += n as u64;
-            self.down_read_off += n as u64;
             let sizes = sizes.into_iter().map(|s| s as u16).collect();
             self.plan_batch(state_before, sizes, cipher, close, false);
             if close {
@@ -1709,7 +1742,84 @@ impl Flow {
                 point.fin = true;
             }
         }
+        // A replaying adopter acknowledges the backend's segments as they
+        // come (a backend in retransmission-timeout recovery sends the next
+        // segment only when one is acknowledged), carrying their plaintext
+        // in the checkpoint until the client has the records.
+        if !self.replay.is_empty() && self.down_holding && self.down_held_off <= point.plain_off {
+            let readable_end = self.down_read_off + self.down_avail() as u64;
+            let end = readable_end.min(point.plain_off + MAX_DOWN_PARTIAL as u64);
+            point.partial_end = point.partial_end.max(end);
+        }
         Some(point)
+    }
+
+    /// Backend plaintext ready to read: the adopted prefix, then the back
+    /// engine's bytes.
+    fn down_avail(&self) -> usize {
+        let engine = self.back.as_ref().map_or(0, |b| {
+            let (a, b) = b.readable();
+            a.len() + b.len()
+        });
+        self.down_prefix.len() + engine
+    }
+
+    /// Reads `n` bytes of backend plaintext (at most [`down_avail`]),
+    /// keeping them while an adopter may acknowledge them early.
+    fn down_take(&mut self, n: usize) -> Vec<u8> {
+        let mut plain = Vec::with_capacity(n);
+        let from_prefix = n.min(self.down_prefix.len());
+        plain.extend(self.down_prefix.drain(..from_prefix));
+        if let Some(back) = self.back.as_mut() {
+            let want = n - plain.len();
+            let (a, b) = back.readable();
+            let first = want.min(a.len());
+            plain.extend_from_slice(&a[..first]);
+            let second = (want - first).min(b.len());
+            plain.extend_from_slice(&b[..second]);
+            back.consume(first + second);
+        }
+        if self.down_holding {
+            self.down_held.extend(plain.iter().copied());
+        }
+        self.down_read_off += plain.len() as u64;
+        plain
+    }
+
+    /// Backend plaintext `[from, to)`, from what was kept and what is
+    /// still to read; `None` if some of it is neither.
+    fn down_bytes(&self, from: u64, to: u64) -> Option<Vec<u8>> {
+        if from >= to {
+            return Some(Vec::new());
+        }
+        if from < self.down_held_off {
+            return None;
+        }
+        let held_end = self.down_held_off + self.down_held.len() as u64;
+        if held_end != self.down_read_off && to > held_end {
+            return None;
+        }
+        let mut out = Vec::with_capacity((to - from) as usize);
+        let skip = (from - self.down_held_off) as usize;
+        let take = (to.min(held_end).saturating_sub(from)) as usize;
+        out.extend(self.down_held.iter().skip(skip).take(take));
+        let mut rest = (to - from) as usize - out.len();
+        // Past what was read: the prefix, then the engine.
+        let mut skip_unread = from.saturating_sub(self.down_read_off) as usize;
+        let engine = self.back.as_ref().map(Connection::readable);
+        let (a, b) = engine.unwrap_or((&[], &[]));
+        let (p1, p2) = self.down_prefix.as_slices();
+        for part in [p1, p2, a, b] {
+            if rest == 0 {
+                break;
+            }
+            let s = skip_unread.min(part.len());
+            skip_unread -= s;
+            let t = rest.min(part.len() - s);
+            out.extend_from_slice(&part[s..s + t]);
+            rest -= t;
+        }
+        (rest == 0).then_some(out)
     }
 
     fn maybe_commit(&mut self, now: Instant) {
@@ -1734,6 +1844,7 @@ impl Flow {
             self.down_base = Some(DownPoint {
                 client_off: self.client_next,
                 plain_off: 0,
+                partial_end: 0,
                 fin: false,
             });
             self.replicated = true;
@@ -1754,12 +1865,30 @@ impl Flow {
             return;
         };
         let up_moved = up.client_off > up_base.client_off || (up.fin && !up_base.fin);
-        let down_moved = down.client_off > down_base.client_off || (down.fin && !down_base.fin);
+        let down_moved = down.client_off > down_base.client_off
+            || down.partial_end > down_base.partial_end
+            || (down.fin && !down_base.fin);
         let close_back = self.back_close_wanted && self.back_close_commit.is_none();
         if up_moved || down_moved || self.planned_uncommitted || close_back {
             self.up_base = Some(up);
             self.down_base = Some(down);
             self.commit(now, false);
+            self.trim_down_held(down);
+        }
+    }
+
+    /// Drops kept plaintext no later checkpoint needs (before the down
+    /// point just committed); stops keeping once nothing is replayed or
+    /// acknowledged early any more.
+    fn trim_down_held(&mut self, down: DownPoint) {
+        if down.plain_off > self.down_held_off {
+            let n = ((down.plain_off - self.down_held_off) as usize).min(self.down_held.len());
+            self.down_held.drain(..n);
+            self.down_held_off += n as u64;
+        }
+        if self.down_holding && self.replay.is_empty() && down.partial_end <= down.plain_off {
+            self.down_holding = false;
+            self.down_held.clear();
         }
     }
 
@@ -1876,10 +2005,13 @@ impl Flow {
                 back_ck.snd_max = fin + 1;
             }
         }
+        let down_partial = self
+            .down_bytes(down.plain_off, down.released())
+            .ok_or(FlowError::Usage("early-acknowledged plaintext not kept"))?;
         let fin = u64::from(down.fin);
         set_receive(
             &mut back_ck,
-            seq_at(back.irs() + 1, down.plain_off + fin),
+            seq_at(back.irs() + 1, down.released() + fin),
             down.fin,
         );
         let back_una = if up.fin {
@@ -1918,6 +2050,7 @@ impl Flow {
             traffic,
             partial: up.partial.clone(),
             hs_tail,
+            down_partial,
             up_client_off: up.client_off,
             up_plain_off: up.plain_off,
             down_client_off: down.client_off,
@@ -1957,7 +2090,7 @@ impl Flow {
         if let Some(back) = self.back.as_mut() {
             let fin = u64::from(c.down.fin);
             let before = back.release_point();
-            let _ = back.release_to(seq_at(back.irs() + 1, c.down.plain_off + fin));
+            let _ = back.release_to(seq_at(back.irs() + 1, c.down.released() + fin));
             if back.release_point() != before && back.release_point() == back.rcv_nxt() {
                 back.nudge();
             }

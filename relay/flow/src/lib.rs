@@ -24,7 +24,8 @@ mod flow;
 mod outbox;
 
 pub use checkpoint::{
-    FLOW_CHECKPOINT_VERSION, FlowCheckpoint, FlowMeta, MAX_BATCHES, MAX_PARTIAL, PlannedBatch,
+    FLOW_CHECKPOINT_VERSION, FlowCheckpoint, FlowMeta, MAX_BATCHES, MAX_DOWN_PARTIAL, MAX_PARTIAL,
+    PlannedBatch,
 };
 pub use delta::{FLOW_DELTA_VERSION, apply_delta, encode_delta};
 pub use error::FlowError;
