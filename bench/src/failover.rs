@@ -75,6 +75,10 @@ const CAPTURE_BUFFER_KIB: &str = "32768";
 /// up to this long after the kill's timestamp: a pause starting within it
 /// still counts as across the kill.
 const IN_FLIGHT_SECS: f64 = 0.1;
+/// How long after the kill a segment the dead relay sent may still reach
+/// the capture (the survivor sends nothing for the flow before it has
+/// declared the peer down, tens of milliseconds at the least).
+const DEAD_SENDS_SECS: f64 = 0.005;
 /// The relay's commit latency histogram (relay/worker/src/metrics.rs).
 const COMMIT_LATENCY: &str = "relay_commit_latency_seconds";
 
@@ -142,7 +146,7 @@ pub fn run() -> Result<()> {
         "percentiles are nearest-rank: with fewer than 100 samples p99 is the largest sample (20 rounds: p99 = max)"
     );
     println!(
-        "a flow's gap is its longest pause between data segments from the VIP (a flow without a FIN: at least until the capture ended)"
+        "1 flow: the gap is the flow's longest pause between data segments from the VIP; {MANY_FLOWS} flows: for each flow mid-transfer at the kill, the kill to its first data segment from the VIP after it (to the capture's end if none)"
     );
     println!(
         "bulk: 1 GiB curl downloads, MB/s = 10^6 bytes/s (curl's speed_download); commit latency buckets are decades (1 us .. 1 s)"
@@ -553,11 +557,16 @@ fn many_flows_round(ctx: &Ctx, rng: &mut SplitMix, tag: &str) -> Result<ManyFlow
     std::thread::sleep(Duration::from_millis(500));
     let capture_end = epoch_secs(SystemTime::now());
     let dropped = capture.stop()?;
-    let traces = flow_traces(&pcap)?;
+    let kill_t = epoch_secs(killed);
+    let traces = flow_traces(&pcap, kill_t)?;
     std::fs::remove_file(&pcap).with_context(|| format!("removing {}", pcap.display()))?;
 
-    let kill_t = epoch_secs(killed);
     let gaps_ms: Vec<f64> = traces
+        .values()
+        .filter(|t| t.open_at(kill_t))
+        .map(|t| t.failover_gap(kill_t, capture_end) * 1e3)
+        .collect();
+    let pauses_ms: Vec<f64> = traces
         .values()
         .map(|t| t.pause(capture_end) * 1e3)
         .collect();
@@ -571,9 +580,11 @@ fn many_flows_round(ctx: &Ctx, rng: &mut SplitMix, tag: &str) -> Result<ManyFlow
         .map(|t| capture_end - t.last)
         .collect();
     println!(
-        "  {tag} lab-load: {summary}; {} flows in the capture, {across} paused across the kill; per-flow gap {}; relay-b: {}",
+        "  {tag} lab-load: {summary}; {} flows in the capture, {} mid-transfer at the kill; their gap (kill to their first data segment after it) {}; longest pause of each flow (any time) {}; {across} paused across the kill; relay-b: {}",
         traces.len(),
+        gaps_ms.len(),
         spread(&gaps_ms, true),
+        spread(&pauses_ms, true),
         s.takeover()
     );
     if failed > 0 {
@@ -659,8 +670,14 @@ fn blank_numbers(text: &str) -> String {
 /// the VIP.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct FlowTrace {
-    /// Time of the last data segment (capture clock, seconds).
+    /// Time of the first and the last data segment (capture clock, seconds).
+    first: f64,
     last: f64,
+    /// Time of the first FIN from the VIP.
+    fin_at: Option<f64>,
+    /// The first data segment after the kill (and after the segments the
+    /// dead relay had in flight): the first byte through the adopter.
+    resumed: Option<f64>,
     /// Its longest pause between data segments, seconds, and when it ended.
     gap: f64,
     gap_end: f64,
@@ -669,6 +686,18 @@ struct FlowTrace {
 }
 
 impl FlowTrace {
+    /// Whether the flow was mid-transfer at the kill `kill`: it had data
+    /// before it and no FIN yet.
+    fn open_at(&self, kill: f64) -> bool {
+        self.first <= kill && self.fin_at.is_none_or(|f| f > kill)
+    }
+
+    /// Kill to the flow's first data segment after it (to the end of the
+    /// capture if none came): its failover gap.
+    fn failover_gap(&self, kill: f64, capture_end: f64) -> f64 {
+        self.resumed.unwrap_or(capture_end) - kill
+    }
+
     /// The flow's longest pause: between data segments, or, for a flow
     /// the VIP never finished, at least from its last data segment to the
     /// end of the capture.
@@ -697,7 +726,7 @@ fn parse_segment(line: &str) -> Option<(f64, u16, bool, u64)> {
 /// Each flow's trace from the capture at `pcap` (segments from the VIP),
 /// by client port. Read as a stream: 1000 flows of 1 MiB are about 700 000
 /// lines.
-fn flow_traces(pcap: &Path) -> Result<HashMap<u16, FlowTrace>> {
+fn flow_traces(pcap: &Path, kill: f64) -> Result<HashMap<u16, FlowTrace>> {
     let mut child = Command::new("tcpdump")
         .args(["-tt", "-n", "-r"])
         .arg(pcap)
@@ -707,7 +736,7 @@ fn flow_traces(pcap: &Path) -> Result<HashMap<u16, FlowTrace>> {
         .spawn()
         .context("running tcpdump -r")?;
     let stdout = child.stdout.take().context("tcpdump's stdout")?;
-    let traces = traces_of(BufReader::new(stdout).lines().map_while(Result::ok));
+    let traces = traces_of(BufReader::new(stdout).lines().map_while(Result::ok), kill);
     let status = child.wait().context("waiting for tcpdump -r")?;
     if !status.success() {
         bail!("tcpdump -r {} failed ({status})", pcap.display());
@@ -715,7 +744,7 @@ fn flow_traces(pcap: &Path) -> Result<HashMap<u16, FlowTrace>> {
     Ok(traces)
 }
 
-fn traces_of(lines: impl Iterator<Item = String>) -> HashMap<u16, FlowTrace> {
+fn traces_of(lines: impl Iterator<Item = String>, kill: f64) -> HashMap<u16, FlowTrace> {
     let mut traces: HashMap<u16, (Option<f64>, FlowTrace)> = HashMap::new();
     for line in lines {
         let Some((time, port, fin, len)) = parse_segment(&line) else {
@@ -723,8 +752,17 @@ fn traces_of(lines: impl Iterator<Item = String>) -> HashMap<u16, FlowTrace> {
         };
         let (last, trace) = traces.entry(port).or_default();
         trace.fin |= fin;
+        if fin && trace.fin_at.is_none() {
+            trace.fin_at = Some(time);
+        }
         if len == 0 {
             continue;
+        }
+        if last.is_none() {
+            trace.first = time;
+        }
+        if time > kill + DEAD_SENDS_SECS && trace.resumed.is_none() {
+            trace.resumed = Some(time);
         }
         if let Some(prev) = *last
             && time - prev > trace.gap
@@ -1294,7 +1332,7 @@ mod tests {
             seg(2.0, 1000, "F.", 0),
             seg(3.0, 2000, "P.", 100),
         ];
-        let traces = traces_of(lines.into_iter());
+        let traces = traces_of(lines.into_iter(), 1.5);
         let a = &traces[&1000];
         assert!((a.gap - 0.7).abs() < 1e-9 && a.gap_end == 1.9 && a.fin);
         assert!((a.pause(10.0) - 0.7).abs() < 1e-9);
@@ -1302,6 +1340,12 @@ mod tests {
         assert!((b.gap - 1.9).abs() < 1e-9 && !b.fin && b.last == 3.0);
         // Never finished: silent from its last segment to the capture's end.
         assert!((b.pause(10.0) - 7.0).abs() < 1e-9);
+        // Flow 1000 was mid-transfer at 1.5 and resumed at 1.9; flow 2000
+        // was too, and resumed at 3.0.
+        assert!(a.open_at(1.5) && (a.failover_gap(1.5, 10.0) - 0.4).abs() < 1e-9);
+        assert!(b.open_at(1.5) && (b.failover_gap(1.5, 10.0) - 1.5).abs() < 1e-9);
+        // Finished before the kill at 2.5: not counted.
+        assert!(!a.open_at(2.5));
     }
 
     #[test]
