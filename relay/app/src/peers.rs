@@ -252,6 +252,7 @@ pub struct ClusterMetrics {
     refused: Vec<(&'static str, Counter)>,
     front: [Counter; 3],
     backplane_lost: Counter,
+    stale_dropped: Counter,
     backlog_bytes: Gauge,
     backlog_messages: Gauge,
     flows_unprotected: Gauge,
@@ -289,6 +290,11 @@ impl ClusterMetrics {
             backplane_lost: r.counter(
                 "relay_backplane_lost_total",
                 "Times a peer was heard on the front network with its backplane lost (nothing taken over; flows committed locally).",
+                &[],
+            ),
+            stale_dropped: r.counter(
+                "relay_standby_stale_flows_dropped_total",
+                "A peer's flows dropped from the standby store, not adopted: the peer was heard alive after the backplane connection ended, so it may have committed them without us (it re-seeds them on the next connection).",
                 &[],
             ),
             backlog_bytes: r.gauge(
@@ -337,6 +343,7 @@ impl ClusterMetrics {
             c.set_total(n);
         }
         self.backplane_lost.set_total(counters.backplane_lost);
+        self.stale_dropped.set_total(counters.stale_flows_dropped);
         let sum = |f: fn(&ReplicationSnapshot) -> u64| -> i64 {
             i64::try_from(workers.iter().map(f).sum::<u64>()).unwrap_or(i64::MAX)
         };

@@ -103,6 +103,10 @@ pub struct Counters {
     pub backplane_lost: u64,
     /// Datagram heartbeats accepted over the backplane link (all peers).
     pub backplane_beats_heard: u64,
+    /// A peer's flows dropped from the standby store instead of being
+    /// adopted or kept: the peer was heard alive after its connection
+    /// ended, so it may have committed without us since.
+    pub stale_flows_dropped: u64,
 }
 
 /// The live counters.
@@ -131,6 +135,7 @@ pub(crate) struct AtomicCounters {
     pub(crate) front_refused: AtomicU64,
     pub(crate) backplane_lost: AtomicU64,
     pub(crate) backplane_beats_heard: AtomicU64,
+    pub(crate) stale_flows_dropped: AtomicU64,
 }
 
 /// Adds one; relaxed: counters order nothing.
@@ -181,6 +186,7 @@ impl AtomicCounters {
             front_refused: get(&self.front_refused),
             backplane_lost: get(&self.backplane_lost),
             backplane_beats_heard: get(&self.backplane_beats_heard),
+            stale_flows_dropped: get(&self.stale_flows_dropped),
         }
     }
 }

@@ -232,6 +232,8 @@ impl Backplane {
                     bytes_sent: 0,
                     bytes_received: 0,
                     beat_keys: None,
+                    lost_at: None,
+                    local_pending: None,
                 }),
                 membership_wake: Notify::new(),
                 live_watch: watch::Sender::new(0),
@@ -395,13 +397,24 @@ impl BackplaneHandle {
     }
 
     /// Every flow held for `peer`, for adoption (the store is then empty).
+    /// Nothing if the peer was heard alive after our last connection to it
+    /// ended: it may have committed without us since, and an adopter of an
+    /// older checkpoint would seal other bytes under the record sequence
+    /// numbers the peer used (counted in `stale_flows_dropped`).
     pub fn take_all(&self, peer: RelayId) -> Result<Vec<Adopted>, Error> {
-        Ok(self.slot(peer)?.lock().standby.take_all())
+        let slot = self.slot(peer)?;
+        let mut st = slot.lock();
+        self.inner.shared.drop_if_stale(slot, &mut st);
+        Ok(st.standby.take_all())
     }
 
     /// The listed flows held for `peer` (a handoff), in the order given.
+    /// The same staleness rule as [`take_all`](Self::take_all) applies.
     pub fn take(&self, peer: RelayId, flows: &[FlowId]) -> Result<Vec<Adopted>, Error> {
-        Ok(self.slot(peer)?.lock().standby.take(flows))
+        let slot = self.slot(peer)?;
+        let mut st = slot.lock();
+        self.inner.shared.drop_if_stale(slot, &mut st);
+        Ok(st.standby.take(flows))
     }
 
     /// `peer` was heard over the front network (membership's second path:

@@ -131,6 +131,11 @@ pub(crate) struct SlotState {
     /// The datagram heartbeat keys of the latest connection (kept after
     /// it ends: that is when the datagram paths matter).
     pub(crate) beat_keys: Option<BeatKeys>,
+    /// When the last connection ended; `None` while one is live.
+    pub(crate) lost_at: Option<Instant>,
+    /// Our workers are to commit locally from this time on (and the
+    /// connection generation they knew): see [`Shared::local_delay`].
+    pub(crate) local_pending: Option<(Instant, u64)>,
 }
 
 impl std::fmt::Debug for SlotState {
@@ -259,10 +264,17 @@ impl Shared {
                 bump(&self.counters.duplicates_closed);
                 self.end_live(slot, &mut st, DisconnectReason::Replaced, &mut wake);
             }
+            // Flows the peer may have committed without us since the last
+            // connection ended are re-seeded on this one; until then the
+            // old copies must not be adopted.
+            self.drop_if_stale(slot, &mut st);
             if let Err(e) = st.standby.handle_hello(&hello) {
                 self.violation(peer, &e);
                 return None;
             }
+            st.lost_at = None;
+            // Our workers never went local: they re-seed on this one.
+            st.local_pending = None;
             if hello.name != slot.spec.name {
                 tracing::warn!(
                     peer,
@@ -344,6 +356,7 @@ impl Shared {
         let Some(live) = st.live.take() else {
             return;
         };
+        st.lost_at = Some(self.clock.now());
         set_reason(&live.close, reason);
         let reason = (*live.close.borrow()).unwrap_or(reason);
         let peer = slot.spec.id;
@@ -601,7 +614,7 @@ impl Shared {
                     if let Some(live) = st.live.as_ref() {
                         set_reason(&live.close, DisconnectReason::BackplaneLost);
                     }
-                    self.to_all_workers(g, WorkerEvent::PeerDown(peer), wake);
+                    self.go_local_later(st, g, wake);
                     self.app_event(BackplaneEvent::BackplaneLost(peer));
                 }
                 PeerEvent::PeerDown => {
@@ -616,11 +629,86 @@ impl Shared {
                     if let Some(live) = st.live.as_ref() {
                         set_reason(&live.close, DisconnectReason::PeerDown);
                     }
-                    self.to_all_workers(g, WorkerEvent::PeerDown(peer), wake);
+                    self.go_local_later(st, g, wake);
                     self.app_event(BackplaneEvent::PeerDown(peer));
                 }
             }
         }
+    }
+
+    /// How long after the connection ended our workers wait before they
+    /// commit locally. The peer must be able to tell that we may have: it
+    /// drops our flows instead of adopting them when it heard us alive
+    /// more than one heartbeat interval after the connection ended
+    /// ([`Shared::may_have_gone_local`]). Our last heartbeat before a local
+    /// commit is at most one interval old, so three intervals leave one to
+    /// spare: a relay that dies before its workers go local is adopted
+    /// from checkpoints that are still the latest; one that lives on
+    /// after they did is heard well after the connection ended.
+    pub(crate) fn local_delay(&self) -> Duration {
+        self.cfg.heartbeat.interval * 3
+    }
+
+    /// The peer is down, or out of reach over the backplane: our workers
+    /// commit locally once [`local_delay`](Self::local_delay) has passed
+    /// since the connection ended (it is being closed now if still live).
+    fn go_local_later(&self, st: &mut SlotState, generation: u64, wake: &mut Wake) {
+        let now = self.clock.now();
+        let since = if st.live.is_some() {
+            now
+        } else {
+            st.lost_at.unwrap_or(now)
+        };
+        let at = since + self.local_delay();
+        if st.local_pending.is_none() {
+            st.local_pending = Some((at, generation));
+        }
+        wake.membership = true;
+    }
+
+    /// Tells the workers to commit locally if the delay is over.
+    pub(crate) fn release_local(&self, slot: &PeerSlot, st: &mut SlotState, wake: &mut Wake) {
+        let Some((at, generation)) = st.local_pending else {
+            return;
+        };
+        if self.clock.now() < at {
+            return;
+        }
+        st.local_pending = None;
+        tracing::info!(peer = slot.spec.id, "flows commit locally from now on");
+        self.to_all_workers(generation, WorkerEvent::PeerDown(slot.spec.id), wake);
+    }
+
+    /// Whether the peer may have committed its flows without us since our
+    /// last connection ended: we heard it alive well after that (see
+    /// [`local_delay`](Self::local_delay)). A peer that died is last
+    /// heard about when its connection ends (its kernel closes it), or
+    /// the connection never ended on our side (its box went down).
+    pub(crate) fn may_have_gone_local(&self, st: &SlotState) -> bool {
+        let Some(lost) = st.lost_at else {
+            return false;
+        };
+        st.peer
+            .heard()
+            .is_some_and(|h| h > lost + self.cfg.heartbeat.interval)
+    }
+
+    /// Drops the peer's flows from the standby store if their copies may
+    /// be older than what the peer committed on its own.
+    pub(crate) fn drop_if_stale(&self, slot: &PeerSlot, st: &mut SlotState) {
+        if !self.may_have_gone_local(st) || st.standby.len() == 0 {
+            return;
+        }
+        let dropped = st.standby.take_all().len();
+        tracing::warn!(
+            peer = slot.spec.id,
+            flows = dropped,
+            "the peer was alive after our connection ended and may have committed without us: \
+             its flows are not adopted (it re-seeds them on the next connection)"
+        );
+        self.counters
+            .stale_flows_dropped
+            .fetch_add(dropped as u64, Ordering::Relaxed);
     }
 
     /// Takes what the writer of connection `generation` must send: the

@@ -91,7 +91,11 @@ pub(crate) async fn run(
 /// Drives one peer's membership: heartbeats every interval, up and down.
 async fn membership(shared: Arc<Shared>, slot: Arc<PeerSlot>) {
     loop {
-        let at = slot.lock().peer.poll_timeout();
+        let at = {
+            let st = slot.lock();
+            let at = st.peer.poll_timeout();
+            st.local_pending.map_or(at, |(local, _)| at.min(local))
+        };
         tokio::select! {
             _ = tokio::time::sleep_until(shared.clock.deadline(at)) => {
                 let mut wake = Wake::default();
@@ -99,6 +103,7 @@ async fn membership(shared: Arc<Shared>, slot: Arc<PeerSlot>) {
                     let mut st = slot.lock();
                     st.peer.handle_timeout(shared.clock.now());
                     shared.drain_membership(&slot, &mut st, &mut wake);
+                    shared.release_local(&slot, &mut st, &mut wake);
                 }
                 shared.finish(&slot, wake);
             }

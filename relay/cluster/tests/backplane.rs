@@ -306,6 +306,50 @@ fn a_dropped_connection_reconnects_and_reseeds() {
 }
 
 #[test]
+fn flows_of_a_peer_heard_alive_after_its_connection_ended_are_not_adopted() {
+    let interval = Duration::from_millis(20);
+    let Pair {
+        pki: _pki,
+        mut a,
+        b,
+    } = pair(1, |c| {
+        c.heartbeat.interval = interval;
+        c.heartbeat.misses = 5;
+        // No new connection (and its re-seed) while the test looks.
+        c.reconnect_min = Duration::from_secs(30);
+        c.reconnect_max = Duration::from_secs(30);
+    });
+    let mut port = a.bp.workers.remove(0);
+    settle(&mut port);
+    let mut outbox = Outbox::new(port.stream(), OutboxConfig::default()).unwrap();
+    outbox.peer_reset();
+    let f = flow(1);
+    let c1 = CommitNo::new(0, 1);
+    outbox.commit(f, c1, Payload::Full(b"s1")).unwrap();
+    let mut batch = Vec::new();
+    outbox.poll_transmit(&mut batch);
+    port.send(B, batch).unwrap();
+    await_release(&mut port, &mut outbox, (f, c1));
+    assert_eq!(b.bp.handle.peer(A).unwrap().flows_held, 1);
+
+    // A ends the connection and lives on: its datagram heartbeats over the
+    // backplane link go on, and three intervals after the end its workers
+    // may commit f without B.
+    a.bp.handle.disconnect(B).unwrap();
+    wait_until("B sees the connection gone", DEADLINE, || {
+        !b.bp.handle.peer(A).unwrap().connected
+    });
+    let beats = b.bp.handle.counters().backplane_beats_heard;
+    wait_until("B hears A beat on after the end", DEADLINE, || {
+        b.bp.handle.counters().backplane_beats_heard >= beats + 4
+    });
+    assert!(b.bp.handle.take(A, &[f]).unwrap().is_empty());
+    assert!(b.bp.handle.take_all(A).unwrap().is_empty());
+    assert_eq!(b.bp.handle.counters().stale_flows_dropped, 1);
+    assert_eq!(b.bp.handle.peer(A).unwrap().flows_held, 0);
+}
+
+#[test]
 fn peer_is_down_within_the_heartbeat_deadline_when_it_stops() {
     let interval = Duration::from_millis(20);
     let misses = 5;

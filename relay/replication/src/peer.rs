@@ -191,6 +191,11 @@ impl Peer {
         self.heard_backplane
     }
 
+    /// When the peer was last heard on either path.
+    pub fn heard(&self) -> Option<Instant> {
+        self.heard_backplane.max(self.heard_front)
+    }
+
     /// A heartbeat arrived over the backplane.
     pub fn handle_heartbeat(&mut self, now: Instant, hb: &Heartbeat) {
         self.heard_backplane = Some(now);
