@@ -88,6 +88,10 @@ pub enum DisconnectReason {
     StreamReset,
     /// Caller: a worker stopped reading its events.
     WorkerBacklog,
+    /// Caller: a worker's replication queue is full (the peer applies
+    /// commits too slowly): our flows commit locally a few heartbeat
+    /// intervals later, until a new connection re-seeds them.
+    PeerTooSlow,
     /// Caller: [`BackplaneHandle::disconnect`].
     Requested,
     /// Caller: [`BackplaneHandle::shutdown`].

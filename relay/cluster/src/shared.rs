@@ -312,6 +312,7 @@ impl Shared {
                 st.beat_keys = beat_keys;
             }
             slot.queue.reset.store(false, Ordering::Release);
+            slot.queue.too_slow.store(false, Ordering::Release);
             slot.queue.live.store(generation, Ordering::Release);
             slot.live_watch.send_replace(generation);
             // Workers learn of the connection before anything of theirs
@@ -376,6 +377,9 @@ impl Shared {
             "backplane connection down"
         );
         self.to_all_workers(live.generation, WorkerEvent::Disconnected(peer), wake);
+        if reason == DisconnectReason::PeerTooSlow {
+            self.go_local_later(st, live.generation, wake);
+        }
         self.app_event(BackplaneEvent::Disconnected { peer, reason });
     }
 
@@ -728,6 +732,9 @@ impl Shared {
         };
         if slot.queue.reset.swap(false, Ordering::AcqRel) {
             return Err(DisconnectReason::StreamReset);
+        }
+        if slot.queue.too_slow.swap(false, Ordering::AcqRel) {
+            return Err(DisconnectReason::PeerTooSlow);
         }
         let mut buf = std::mem::take(&mut live.control);
         for batch in slot.queue.rx.try_iter() {

@@ -93,6 +93,10 @@ pub(crate) struct PeerQueue {
     pub(crate) live: AtomicU64,
     /// A batch of the live connection was lost: its writer must reset it.
     pub(crate) reset: AtomicBool,
+    /// A worker's outbox is full: the peer is too slow. The writer closes
+    /// the connection, and our workers commit locally once the peer can
+    /// tell (see `Shared::local_delay`).
+    pub(crate) too_slow: AtomicBool,
     /// Wakes the live connection's writer.
     pub(crate) writer_wake: tokio::sync::Notify,
 }
@@ -109,6 +113,7 @@ impl PeerQueue {
             rx,
             live: AtomicU64::new(0),
             reset: AtomicBool::new(false),
+            too_slow: AtomicBool::new(false),
             writer_wake: tokio::sync::Notify::new(),
         }
     }
@@ -235,6 +240,23 @@ impl WorkerPort {
             );
             bump(&self.counters.protocol_errors);
             q.reset.store(true, Ordering::Release);
+            q.writer_wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The worker's outbox for `peer` overflowed (it holds its commits):
+    /// the live connection closes with [`DisconnectReason::PeerTooSlow`]
+    /// and, a few heartbeat intervals later, [`WorkerEvent::PeerDown`]
+    /// lets the workers commit locally; the next connection re-seeds.
+    pub fn peer_too_slow(&self, peer: RelayId) -> Result<(), Error> {
+        let (q, generation) = self
+            .peers
+            .iter()
+            .find(|(q, _)| q.id == peer)
+            .ok_or(Error::UnknownPeer(peer))?;
+        if *generation != 0 && q.live.load(Ordering::Acquire) == *generation {
+            q.too_slow.store(true, Ordering::Release);
             q.writer_wake.notify_one();
         }
         Ok(())

@@ -350,6 +350,51 @@ fn flows_of_a_peer_heard_alive_after_its_connection_ended_are_not_adopted() {
 }
 
 #[test]
+fn a_too_slow_peer_loses_the_connection_and_local_commits_wait_for_the_fence() {
+    let interval = Duration::from_millis(20);
+    let Pair {
+        pki: _pki,
+        mut a,
+        b,
+    } = pair(1, |c| {
+        c.heartbeat.interval = interval;
+        c.heartbeat.misses = 5;
+        c.reconnect_min = Duration::from_secs(30);
+        c.reconnect_max = Duration::from_secs(30);
+    });
+    let mut port = a.bp.workers.remove(0);
+    settle(&mut port);
+    let asked = Instant::now();
+    port.peer_too_slow(B).unwrap();
+    next_event(
+        &mut port,
+        "Disconnected",
+        |_| {},
+        |e| *e == WorkerEvent::Disconnected(B),
+    );
+    next_event(
+        &mut port,
+        "PeerDown (commit locally)",
+        |_| {},
+        |e| *e == WorkerEvent::PeerDown(B),
+    );
+    // Not before three intervals: the peer must be able to tell that our
+    // flows may have moved on without it.
+    assert!(asked.elapsed() >= interval * 3, "{:?}", asked.elapsed());
+    // B still hears A: it is not declared down, nothing is taken over.
+    assert_eq!(b.bp.handle.peer(A).unwrap().state, PeerState::Up);
+    let events: Vec<BackplaneEvent> = a.bp.events.try_iter().collect();
+    assert!(
+        events.contains(&BackplaneEvent::Disconnected {
+            peer: B,
+            reason: DisconnectReason::PeerTooSlow
+        }),
+        "{events:?}"
+    );
+    assert!(!events.contains(&BackplaneEvent::PeerDown(B)), "{events:?}");
+}
+
+#[test]
 fn peer_is_down_within_the_heartbeat_deadline_when_it_stops() {
     let interval = Duration::from_millis(20);
     let misses = 5;

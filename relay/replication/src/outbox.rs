@@ -141,6 +141,8 @@ pub struct OutboxStats {
     pub resyncs: u64,
     /// Times the queue overflowed.
     pub overflows: u64,
+    /// Commits held while the queue was full.
+    pub held_commits: u64,
     /// Connections (`peer_reset` calls).
     pub connections: u64,
     /// Forgets dropped because too many waited.
@@ -156,8 +158,15 @@ enum Link {
     Down,
     /// Connected: commits are queued.
     Up,
-    /// Connected, but the queue hit its limits: commits are local until the
-    /// backlog drains to half the limits.
+    /// Connected, but the queue hit its limits (the peer is too slow):
+    /// commits are held, neither sent nor released, until the backlog
+    /// drains to half the limits (they are re-seeded), a new connection
+    /// re-seeds them, or [`Outbox::peer_down`] releases them locally. Not
+    /// local at once: the peer still holds older copies of those flows and
+    /// would adopt them if we died; the worker has the connection closed
+    /// ([`OutboxEvent::Protection`] with `QueueFull` says so), and the
+    /// backplane releases the held commits only once the peer can tell
+    /// that we may commit without it.
     Overflow,
 }
 
@@ -408,6 +417,15 @@ impl Outbox {
         {
             self.overflow();
         }
+        if self.link == Link::Overflow {
+            // The flow's latest is this commit and the peer lacks it: the
+            // re-seed (or peer_down) releases it.
+            self.set_flow(flow, commit, PeerCopy::Missing);
+            self.compact_reseed();
+            self.stats.held_commits += 1;
+            self.note_protection();
+            return Ok(Committed::Queued);
+        }
         if self.link != Link::Up || payload == Payload::LocalOnly {
             self.commit_local(flow, commit);
             self.note_protection();
@@ -595,24 +613,18 @@ impl Outbox {
     /// local. Returns the commits that were waiting for the peer, now
     /// released locally (unprotected).
     pub fn peer_down(&mut self) -> Vec<(FlowId, CommitNo)> {
-        let mut waiting: BTreeMap<FlowId, CommitNo> = BTreeMap::new();
-        for u in &self.unacked {
-            if let Carried::Full { flow, commit } | Carried::Delta { flow, commit } = u.carried {
-                let e = waiting.entry(flow).or_insert(commit);
-                *e = (*e).max(commit);
-            }
-        }
         self.drop_in_flight();
         self.link = Link::Down;
+        // Every flow's latest commit not released yet: in flight, held
+        // while the queue was full, or waiting for its re-seed.
         let mut out = Vec::new();
-        for (flow, commit) in waiting {
-            if let Some(f) = self.flows.get_mut(&flow)
-                && f.released.is_none_or(|r| commit > r)
-            {
-                f.released = Some(commit);
-                out.push((flow, commit));
+        for (&flow, f) in self.flows.iter_mut() {
+            if f.released.is_none_or(|r| f.latest > r) {
+                f.released = Some(f.latest);
+                out.push((flow, f.latest));
             }
         }
+        out.sort_unstable();
         self.stats.unprotected_commits += out.len() as u64;
         self.mark_all_missing();
         self.note_protection();
@@ -705,7 +717,7 @@ impl Outbox {
             stream = %self.stream,
             bytes = self.unacked_bytes,
             messages = self.unacked.len(),
-            "replication queue full; committing locally (unprotected)"
+            "replication queue full (the peer is too slow): holding commits; the connection closes"
         );
         self.stats.overflows += 1;
         self.link = Link::Overflow;

@@ -298,12 +298,12 @@ fn a_resync_after_a_newer_full_checkpoint_is_stale() {
 }
 
 #[test]
-fn a_full_queue_goes_unprotected_then_reseeds() {
+fn a_full_queue_holds_commits_then_reseeds() {
     let cfg = OutboxConfig {
         max_messages: 4,
         ..OutboxConfig::default()
     };
-    let mut o = Outbox::new(STREAM, cfg).unwrap();
+    let mut o = Outbox::new(STREAM, cfg.clone()).unwrap();
     o.peer_reset();
     for i in 1..=4 {
         assert_eq!(
@@ -312,29 +312,39 @@ fn a_full_queue_goes_unprotected_then_reseeds() {
         );
     }
     events(&mut o);
-    // The fifth does not fit: local, unprotected.
+    // The fifth does not fit: held, neither sent nor released (the peer's
+    // older copies must not be adopted while we commit on our own).
     assert_eq!(
         o.commit(flow(5), c(1), Payload::Full(b"x")),
-        Ok(Committed::Local)
+        Ok(Committed::Queued)
     );
     assert_eq!(
         o.protection(),
         Protection::Unprotected(UnprotectedReason::QueueFull)
     );
     assert_eq!(o.encoding_for(flow(1)), Encoding::LocalOnly);
-    // Flow 1 commits locally too: it now needs a full checkpoint.
+    // Flow 1 commits again: held too; it now needs a full checkpoint.
     assert_eq!(
         o.commit(flow(1), c(2), Payload::LocalOnly),
-        Ok(Committed::Local)
+        Ok(Committed::Queued)
     );
     assert_eq!(o.stats().overflows, 1);
-    transmit(&mut o);
+    assert_eq!(o.stats().held_commits, 2);
+    let mut four = Outbox::new(STREAM, cfg).unwrap();
+    four.peer_reset();
+    for i in 1..=4 {
+        four.commit(flow(i), c(1), Payload::Full(b"x")).unwrap();
+    }
+    let (mut sent, mut expected) = (Vec::new(), Vec::new());
+    four.poll_transmit(&mut expected);
+    o.poll_transmit(&mut sent);
+    assert_eq!(sent, expected, "only the four that fitted travel");
     // One ack leaves 3 of 4: still above half.
-    o.handle_ack(1).unwrap();
+    assert_eq!(o.handle_ack(1).unwrap(), [(flow(1), c(1))]);
     assert!(matches!(o.protection(), Protection::Unprotected(_)));
-    // Drained to half: connected again, re-seeding.
+    // Drained to half: connected again, re-seeding the held flows.
     let acked = o.handle_ack(2).unwrap();
-    assert_eq!(acked, [(flow(2), c(1))], "flow 1 was released locally at 2");
+    assert_eq!(acked, [(flow(2), c(1))]);
     assert_eq!(o.protection(), Protection::Reseeding);
     let mut asked = vec![o.poll_needs_full()];
     asked.extend([o.poll_needs_full(), o.poll_needs_full()]);
@@ -343,6 +353,18 @@ fn a_full_queue_goes_unprotected_then_reseeds() {
     o.commit(flow(5), c(1), Payload::Full(b"x")).unwrap();
     o.commit(flow(1), c(2), Payload::Full(b"x")).unwrap();
     assert_eq!(o.protection(), Protection::Protected);
+    transmit(&mut o);
+    // The held commits are released by their full checkpoints' acks.
+    let acked = o.handle_ack(6).unwrap();
+    assert_eq!(
+        acked,
+        [
+            (flow(1), c(2)),
+            (flow(3), c(1)),
+            (flow(4), c(1)),
+            (flow(5), c(1))
+        ]
+    );
     assert_eq!(
         events(&mut o),
         [
@@ -350,6 +372,35 @@ fn a_full_queue_goes_unprotected_then_reseeds() {
             Protection::Reseeding,
             Protection::Protected
         ]
+    );
+}
+
+#[test]
+fn peer_down_releases_held_commits_locally() {
+    let cfg = OutboxConfig {
+        max_messages: 2,
+        ..OutboxConfig::default()
+    };
+    let mut o = Outbox::new(STREAM, cfg).unwrap();
+    o.peer_reset();
+    o.commit(flow(1), c(1), Payload::Full(b"x")).unwrap();
+    o.commit(flow(2), c(1), Payload::Full(b"x")).unwrap();
+    transmit(&mut o);
+    assert_eq!(
+        o.commit(flow(3), c(1), Payload::Full(b"x")),
+        Ok(Committed::Queued)
+    );
+    assert_eq!(
+        o.commit(flow(1), c(2), Payload::LocalOnly),
+        Ok(Committed::Queued)
+    );
+    assert_eq!(
+        o.peer_down(),
+        [(flow(1), c(2)), (flow(2), c(1)), (flow(3), c(1))]
+    );
+    assert_eq!(
+        o.commit(flow(3), c(2), Payload::LocalOnly),
+        Ok(Committed::Local)
     );
 }
 
@@ -376,8 +427,10 @@ fn the_byte_limit_counts_what_is_in_flight() {
     );
     assert_eq!(
         o.commit(flow(4), c(1), Payload::Full(&quarter)),
-        Ok(Committed::Local)
+        Ok(Committed::Queued),
+        "held: the queue is full"
     );
+    assert_eq!(o.stats().held_commits, 1);
     // Re-seeding waits for room.
     o.handle_ack(1).unwrap();
     assert_eq!(o.poll_needs_full(), None, "still above half the bytes");

@@ -364,6 +364,11 @@ impl ClusterCommits {
         }
         while let Some(OutboxEvent::Protection(p)) = self.link.outbox.poll_event() {
             tracing::info!(protection = ?p, "replication protection changed");
+            if p == Protection::Unprotected(UnprotectedReason::QueueFull)
+                && let Err(e) = self.link.port.peer_too_slow(peer)
+            {
+                tracing::warn!(error = %e, "cannot report the peer too slow");
+            }
             report.protection = Some(p);
         }
         report
