@@ -220,6 +220,15 @@ impl WorkerPort {
         }
     }
 
+    /// `peer`'s queue and the generation of the last `PeerReset` taken.
+    fn queue_of(&self, peer: RelayId) -> Result<(&PeerQueue, u64), Error> {
+        self.peers
+            .iter()
+            .find(|(q, _)| q.id == peer)
+            .map(|(q, g)| (&**q, *g))
+            .ok_or(Error::UnknownPeer(peer))
+    }
+
     /// The worker found `peer` inconsistent on the current connection (an
     /// ack or resync request for a sequence number never sent:
     /// `Outbox::handle_ack` or `handle_resync` returned an error): the
@@ -227,12 +236,8 @@ impl WorkerPort {
     /// restart whole on the next one. Nothing happens if that connection
     /// is gone already.
     pub fn reset_connection(&self, peer: RelayId) -> Result<(), Error> {
-        let (q, generation) = self
-            .peers
-            .iter()
-            .find(|(q, _)| q.id == peer)
-            .ok_or(Error::UnknownPeer(peer))?;
-        if *generation != 0 && q.live.load(Ordering::Acquire) == *generation {
+        let (q, generation) = self.queue_of(peer)?;
+        if generation != 0 && q.live.load(Ordering::Acquire) == generation {
             tracing::warn!(
                 peer,
                 worker = self.worker,
@@ -250,12 +255,8 @@ impl WorkerPort {
     /// and, a few heartbeat intervals later, [`WorkerEvent::PeerDown`]
     /// lets the workers commit locally; the next connection re-seeds.
     pub fn peer_too_slow(&self, peer: RelayId) -> Result<(), Error> {
-        let (q, generation) = self
-            .peers
-            .iter()
-            .find(|(q, _)| q.id == peer)
-            .ok_or(Error::UnknownPeer(peer))?;
-        if *generation != 0 && q.live.load(Ordering::Acquire) == *generation {
+        let (q, generation) = self.queue_of(peer)?;
+        if generation != 0 && q.live.load(Ordering::Acquire) == generation {
             q.too_slow.store(true, Ordering::Release);
             q.writer_wake.notify_one();
         }
@@ -273,24 +274,20 @@ impl WorkerPort {
     /// connection is reset so that the stream restarts whole);
     /// [`Error::Shutdown`].
     pub fn send(&self, peer: RelayId, bytes: Vec<u8>) -> Result<(), Error> {
-        let (q, generation) = self
-            .peers
-            .iter()
-            .find(|(q, _)| q.id == peer)
-            .ok_or(Error::UnknownPeer(peer))?;
+        let (q, generation) = self.queue_of(peer)?;
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Shutdown);
         }
         if bytes.is_empty() {
             return Ok(());
         }
-        if *generation == 0 || q.live.load(Ordering::Acquire) != *generation {
+        if generation == 0 || q.live.load(Ordering::Acquire) != generation {
             bump(&self.counters.stale_batches);
             return Err(Error::NotConnected(peer));
         }
         let batch = Batch {
             worker: self.worker,
-            generation: *generation,
+            generation,
             bytes,
         };
         if q.tx.len() >= q.max {

@@ -305,20 +305,27 @@ fn a_dropped_connection_reconnects_and_reseeds() {
     );
 }
 
+/// Heartbeat interval of [`quiet_pair`].
+const QUIET_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A pair with 20 ms heartbeats that does not dial again for 30 s once
+/// its connection ends (no re-seed while a test looks).
+fn quiet_pair() -> Pair {
+    pair(1, |c| {
+        c.heartbeat.interval = QUIET_INTERVAL;
+        c.heartbeat.misses = 5;
+        c.reconnect_min = Duration::from_secs(30);
+        c.reconnect_max = Duration::from_secs(30);
+    })
+}
+
 #[test]
 fn flows_of_a_peer_heard_alive_after_its_connection_ended_are_not_adopted() {
-    let interval = Duration::from_millis(20);
     let Pair {
         pki: _pki,
         mut a,
         b,
-    } = pair(1, |c| {
-        c.heartbeat.interval = interval;
-        c.heartbeat.misses = 5;
-        // No new connection (and its re-seed) while the test looks.
-        c.reconnect_min = Duration::from_secs(30);
-        c.reconnect_max = Duration::from_secs(30);
-    });
+    } = quiet_pair();
     let mut port = a.bp.workers.remove(0);
     settle(&mut port);
     let mut outbox = Outbox::new(port.stream(), OutboxConfig::default()).unwrap();
@@ -351,17 +358,11 @@ fn flows_of_a_peer_heard_alive_after_its_connection_ended_are_not_adopted() {
 
 #[test]
 fn a_too_slow_peer_loses_the_connection_and_local_commits_wait_for_the_fence() {
-    let interval = Duration::from_millis(20);
     let Pair {
         pki: _pki,
         mut a,
         b,
-    } = pair(1, |c| {
-        c.heartbeat.interval = interval;
-        c.heartbeat.misses = 5;
-        c.reconnect_min = Duration::from_secs(30);
-        c.reconnect_max = Duration::from_secs(30);
-    });
+    } = quiet_pair();
     let mut port = a.bp.workers.remove(0);
     settle(&mut port);
     let asked = Instant::now();
@@ -380,7 +381,11 @@ fn a_too_slow_peer_loses_the_connection_and_local_commits_wait_for_the_fence() {
     );
     // Not before three intervals: the peer must be able to tell that our
     // flows may have moved on without it.
-    assert!(asked.elapsed() >= interval * 3, "{:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() >= QUIET_INTERVAL * 3,
+        "{:?}",
+        asked.elapsed()
+    );
     // B still hears A: it is not declared down, nothing is taken over.
     assert_eq!(b.bp.handle.peer(A).unwrap().state, PeerState::Up);
     let events: Vec<BackplaneEvent> = a.bp.events.try_iter().collect();
