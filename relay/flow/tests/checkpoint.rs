@@ -8,7 +8,7 @@ mod common;
 use common::{KIB, Params, Rng, Sim};
 use relay_flow::{
     CommitNo, FLOW_CHECKPOINT_VERSION, FLOW_DELTA_VERSION, FlowCheckpoint, FlowError, FlowId,
-    apply_delta, encode_delta,
+    MAX_DOWN_PARTIAL, apply_delta, encode_delta,
 };
 
 /// Encodings a standby stored during a short simulated transfer: some with
@@ -429,4 +429,225 @@ fn write_fuzz_seeds() {
         [base.to_bytes(), fin.delta_from(base).as_bytes().to_vec()].concat(),
     )
     .unwrap();
+}
+
+/// `ck` with `bytes` acknowledged early past its down point, as an adopter
+/// replaying its predecessor's plan commits it: the back engine's release
+/// point covers them.
+fn with_down_partial(ck: &FlowCheckpoint, bytes: &[u8]) -> FlowCheckpoint {
+    let mut ck = ck.clone();
+    let grow = bytes.len() as i64 - ck.down_partial.len() as i64;
+    ck.back.rcv_rel = relay_tcp::SeqNumber(ck.back.rcv_rel.0.wrapping_add(grow as u32));
+    if ck.back.rcv_rel > ck.back.rcv_adv {
+        ck.back.rcv_adv = ck.back.rcv_rel;
+    }
+    ck.down_partial = bytes.to_vec();
+    ck
+}
+
+/// Backend plaintext that differs at every offset from its neighbours (a
+/// shifted or truncated copy cannot pass for it).
+fn plaintext(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    (0..len).map(|_| rng.next_u64() as u8).collect()
+}
+
+/// The next commit of the same flow (a delta needs one after its base).
+fn next_commit(ck: &FlowCheckpoint, base: &FlowCheckpoint) -> FlowCheckpoint {
+    let mut ck = ck.clone();
+    ck.commit = CommitNo::new(base.commit.epoch, base.commit.n + 1);
+    ck
+}
+
+#[test]
+fn down_partial_round_trips_and_is_bounded() {
+    let base = FlowCheckpoint::from_bytes(&rich(&samples())).unwrap();
+    assert!(
+        !base.batches.is_empty(),
+        "an adopter carries down_partial only while it replays batches"
+    );
+    assert!(
+        base.down_partial.is_empty(),
+        "the first relay acknowledges nothing early"
+    );
+    for len in [1, 1448, 5000, MAX_DOWN_PARTIAL] {
+        let ck = with_down_partial(&base, &plaintext(len as u64, len));
+        ck.validate().unwrap();
+        let b = ck.to_bytes();
+        let back = FlowCheckpoint::from_bytes(&b).unwrap_or_else(|e| panic!("{len} bytes: {e}"));
+        assert_eq!(back, ck, "{len} bytes");
+        assert_eq!(
+            back.to_bytes(),
+            b,
+            "{len} bytes: the encoding is not canonical"
+        );
+        // Carried in full: a length prefix and the bytes, nothing dropped.
+        assert_eq!(
+            b.len(),
+            base.to_bytes().len() + len,
+            "{len} bytes: the encoding does not carry them as they are"
+        );
+    }
+
+    // One byte too many: refused by the decoder and by `validate`, named.
+    let long = with_down_partial(&base, &plaintext(7, MAX_DOWN_PARTIAL + 1));
+    assert_eq!(
+        check_error(FlowCheckpoint::from_bytes(&long.to_bytes()), "too long"),
+        Some("down_partial")
+    );
+    match long.validate() {
+        Err(FlowError::Checkpoint(what)) => assert_eq!(what, "down_partial"),
+        other => panic!("a down_partial past MAX_DOWN_PARTIAL validated: {other:?}"),
+    }
+    // Ending past 2^64 (a lying peer): refused, and the check does not
+    // overflow.
+    let mut top = with_down_partial(&base, &plaintext(8, 16));
+    top.batches.clear();
+    top.down_plain_off = u64::MAX - 7;
+    match top.validate() {
+        Err(FlowError::Checkpoint(what)) => assert_eq!(what, "down_partial"),
+        other => panic!("a down_partial past 2^64 validated: {other:?}"),
+    }
+    assert_eq!(
+        check_error(FlowCheckpoint::from_bytes(&top.to_bytes()), "past 2^64"),
+        Some("down_partial")
+    );
+    top.down_plain_off = u64::MAX - 16;
+    top.validate().unwrap();
+}
+
+#[test]
+fn down_partial_deltas_rebuild_it() {
+    let base = FlowCheckpoint::from_bytes(&rich(&samples())).unwrap();
+    let held = plaintext(1, 5 * 1448);
+    let base = with_down_partial(&base, &held);
+    let rebuild = |new: &FlowCheckpoint, base: &FlowCheckpoint, what: &str| -> Vec<u8> {
+        let delta = encode_delta(new, base).unwrap_or_else(|| panic!("{what}: no delta"));
+        match apply_delta(base, &delta) {
+            Ok(ck) => assert_eq!(&ck, new, "{what}: the delta rebuilds another checkpoint"),
+            Err(e) => panic!("{what}: the delta does not apply: {e}"),
+        }
+        delta
+    };
+
+    // Unchanged: nothing of it travels.
+    let same = next_commit(&base, &base);
+    let d_same = rebuild(&same, &base, "unchanged");
+    let d_none = rebuild(
+        &next_commit(&with_down_partial(&base, &[]), &base),
+        &with_down_partial(&base, &[]),
+        "none on either side",
+    );
+    assert_eq!(d_same.len(), d_none.len(), "unchanged bytes travelled");
+    assert!(
+        d_same.len() < 64,
+        "an unchanged commit is {} bytes",
+        d_same.len()
+    );
+
+    // Grown by a segment at the same down point: only the segment travels.
+    let segment = plaintext(2, 1448);
+    let grown = next_commit(
+        &with_down_partial(&base, &[held.as_slice(), &segment].concat()),
+        &base,
+    );
+    let d_grown = rebuild(&grown, &base, "grown");
+    // The same commit but for the bytes: the grown one may only add the
+    // segment and its length.
+    let d_release_only = rebuild(
+        &FlowCheckpoint {
+            down_partial: held.clone(),
+            ..grown.clone()
+        },
+        &base,
+        "release point only",
+    );
+    assert!(
+        d_grown.len() <= d_release_only.len() + segment.len() + 3,
+        "grown by {} bytes: a {}-byte delta, {} without them",
+        segment.len(),
+        d_grown.len(),
+        d_release_only.len()
+    );
+    assert!(
+        d_grown.len() < grown.down_partial.len(),
+        "the whole held plaintext travelled ({} bytes of delta)",
+        d_grown.len()
+    );
+    // Grown again from there: a chain of deltas rebuilds each step.
+    let more = plaintext(3, 700);
+    let grown2 = next_commit(
+        &with_down_partial(&grown, &[grown.down_partial.as_slice(), &more].concat()),
+        &grown,
+    );
+    let d_grown2 = rebuild(&grown2, &grown, "grown twice");
+    assert!(d_grown2.len() <= d_release_only.len() + more.len() + 3);
+
+    // First bytes (from none): whole, and exact.
+    let empty = with_down_partial(&base, &[]);
+    rebuild(&next_commit(&base, &empty), &empty, "from none");
+
+    // Anything but growth at the same down point: whole, and exact.
+    // The client acknowledged the first batch: the down point moves to the
+    // next one, and what is held now starts there.
+    let mut moved = next_commit(&with_down_partial(&base, &plaintext(6, 3000)), &base);
+    let first = moved.batches.remove(0);
+    moved.down_client_off = moved
+        .batches
+        .first()
+        .map_or(first.client_off, |b| b.client_off);
+    moved.down_plain_off = first.plain_off + first.plaintext_len();
+    let d_moved = rebuild(&moved, &base, "down point moved");
+    assert!(d_moved.len() >= moved.down_partial.len());
+    // Grown by a suffix while the down point moved (the bytes now start
+    // elsewhere in the stream, whatever the code chosen).
+    let mut moved_grown = next_commit(
+        &with_down_partial(&base, &[held.as_slice(), &segment].concat()),
+        &base,
+    );
+    moved_grown.down_plain_off += 1;
+    for b in &mut moved_grown.batches {
+        b.plain_off += 1;
+    }
+    rebuild(&moved_grown, &base, "grown while the down point moved");
+    let shrunk = next_commit(&with_down_partial(&base, &held[..1000]), &base);
+    rebuild(&shrunk, &base, "shrunk");
+    let mut changed_bytes = held.clone();
+    changed_bytes[17] ^= 0x40;
+    let changed = next_commit(&with_down_partial(&base, &changed_bytes), &base);
+    rebuild(&changed, &base, "a byte changed");
+    let mut changed_suffix = held.clone();
+    changed_suffix.extend_from_slice(&segment);
+    changed_suffix[3] ^= 1;
+    let changed_grown = next_commit(&with_down_partial(&base, &changed_suffix), &base);
+    rebuild(&changed_grown, &base, "grown, with a byte changed before");
+    rebuild(
+        &next_commit(&empty, &base),
+        &base,
+        "released to the client: none left",
+    );
+
+    // A delta that would grow it past the bound (a lying peer): refused.
+    let near = with_down_partial(&base, &plaintext(4, MAX_DOWN_PARTIAL - 10));
+    let over = next_commit(
+        &with_down_partial(&near, &[near.down_partial.as_slice(), &[7; 11]].concat()),
+        &near,
+    );
+    let delta = encode_delta(&over, &near).expect("a delta");
+    match apply_delta(&near, &delta) {
+        Err(FlowError::Checkpoint(what)) => assert_eq!(what, "down_partial"),
+        other => panic!(
+            "a delta past MAX_DOWN_PARTIAL: {:?}",
+            other.map(|c| c.down_partial.len())
+        ),
+    }
+    let whole_over = next_commit(
+        &with_down_partial(&base, &plaintext(5, MAX_DOWN_PARTIAL + 1)),
+        &base,
+    );
+    let delta = encode_delta(&whole_over, &base).expect("a delta");
+    assert!(
+        matches!(apply_delta(&base, &delta), Err(FlowError::Checkpoint(_))),
+        "a whole down_partial past MAX_DOWN_PARTIAL applied"
+    );
 }

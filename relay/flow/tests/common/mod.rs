@@ -194,6 +194,19 @@ fn fill_pattern(seed: u64, off: u64, out: &mut [u8]) {
     }
 }
 
+/// One direction's byte stream ([`fill_pattern`] with its seed).
+#[derive(Clone, Copy, Debug)]
+pub struct Pattern(u64);
+
+impl Pattern {
+    /// The `len` bytes at stream offset `off`.
+    pub fn bytes(self, off: u64, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        fill_pattern(self.0, off, &mut out);
+        out
+    }
+}
+
 // ----------------------------------------------------------------------
 // Parameters.
 
@@ -228,6 +241,10 @@ pub enum Trigger {
     Progress(f64),
     /// Once the flow is closing (a close_notify or FIN has been seen).
     Closing,
+    /// Once the standby holds a checkpoint of an adopter that carries
+    /// backend plaintext acknowledged early (`down_partial`): the next
+    /// adopter must go on from it.
+    Replaying,
 }
 
 #[derive(Clone, Debug)]
@@ -261,6 +278,19 @@ pub struct Params {
     /// The mutation: the relay's outbox acknowledges every commit at once,
     /// before the standby holds it (the commit rule broken on purpose).
     pub broken_rule: bool,
+    /// After each kill, the backend resends what it had sent as a Linux
+    /// backend in retransmission-timeout recovery does when the relay's
+    /// SACK blocks tell it nothing (Linux ignores a block that starts at
+    /// the cumulative ACK): only the segment at its `snd_una`, the next
+    /// one once the cumulative ACK moves, until everything it had sent
+    /// before the kill is acknowledged ([`Recovering`]). A relay that
+    /// acknowledges nothing until a record is whole then gets one segment
+    /// per retransmission timeout.
+    pub linux_recovery: bool,
+    /// Keep every client-bound byte the client's TCP delivers, in stream
+    /// order (`Report::client_stream`): the reference an adopter's records
+    /// must match byte for byte.
+    pub record_client_stream: bool,
 }
 
 impl Params {
@@ -353,6 +383,8 @@ impl Params {
             stall_limit: Duration::from_secs(120),
             watch_rule: true,
             broken_rule: false,
+            linux_recovery: false,
+            record_client_stream: false,
         }
     }
 }
@@ -508,6 +540,8 @@ struct ClientEnd {
     peer_fin: bool,
     eof_signalled: bool,
     error: Option<String>,
+    /// Client-bound stream bytes in order, from offset 0 (`None`: not kept).
+    stream: Option<Vec<u8>>,
 }
 
 struct BackendEnd {
@@ -574,6 +608,9 @@ impl ClientEnd {
                     return moved;
                 }
             };
+            if let Some(s) = self.stream.as_mut() {
+                s.extend_from_slice(&a[..n]);
+            }
             self.tcp.consume(n);
             moved = true;
             if !self.process() || n == 0 {
@@ -927,6 +964,25 @@ pub struct Report {
     /// Size of each delta (from the previously stored checkpoint) the
     /// standby checked: what the backplane would carry after the first.
     pub delta_sizes: Vec<usize>,
+    /// Checkpoints the standby stored that carry `down_partial`.
+    pub partial_commits: u64,
+    /// Of those, the ones whose delta from the stored checkpoint before
+    /// only added to it (same down point, one more segment).
+    pub partial_grown: u64,
+    /// Adoptions from a checkpoint that carries `down_partial`.
+    pub partial_adoptions: u32,
+    /// The client-bound stream (`Params::record_client_stream`).
+    pub client_stream: Vec<u8>,
+    /// Segments a backend in recovery (`Params::linux_recovery`) sent
+    /// because the cumulative ACK moved.
+    pub recovery_sent: u64,
+    /// Data segments of the backend's engine held back in recovery (the
+    /// Linux sender would not have sent them).
+    pub recovery_held: u64,
+    /// For each adoption while the client had more to receive, how long
+    /// after it the client got its next new byte (a later adoption before
+    /// that replaces it).
+    pub gaps: Vec<Duration>,
 }
 
 pub struct Sim {
@@ -958,6 +1014,11 @@ pub struct Sim {
     dead_highest: Option<CommitNo>,
     failure: Option<(Check, String)>,
     last_progress: (u64, Instant),
+    /// The last adoption and what the client had received by then, until
+    /// it receives more.
+    gap_from: Option<(Instant, u64)>,
+    /// The backend's recovery after a kill (`Params::linux_recovery`).
+    recovering: Option<Recovering>,
     pub report: Report,
     log: VecDeque<String>,
 }
@@ -1006,6 +1067,7 @@ impl Sim {
             peer_fin: false,
             eof_signalled: false,
             error: None,
+            stream: p.record_client_stream.then(Vec::new),
         };
         let backend = BackendEnd {
             listener: Listener::new(tcp_cfg, BACKEND, backend_secret, 16).unwrap(),
@@ -1045,6 +1107,8 @@ impl Sim {
             dead_highest: None,
             failure: None,
             last_progress: (0, now),
+            gap_from: None,
+            recovering: None,
             report: Report::default(),
             log: VecDeque::new(),
             p,
@@ -1080,48 +1144,88 @@ impl Sim {
 
     /// Runs to the end; `Err` says which check failed, with a diagnostic.
     pub fn run(mut self) -> Result<Report, Failure> {
-        let limit = self.now + self.p.time_limit;
-        let mut steps = 0u64;
-        loop {
-            steps += 1;
-            self.settle();
-            self.check_rule();
-            self.collect_errors();
-            if let Some((check, f)) = self.failure.take() {
-                return Err(self.failed(check, &f));
-            }
-            if self.done() {
-                break;
-            }
-            let progress = self.client.rx.got + self.backend.rx.got;
-            if progress != self.last_progress.0 {
-                self.last_progress = (progress, self.now);
-            }
-            if self.now.saturating_duration_since(self.last_progress.1) > self.p.stall_limit {
-                return Err(self.failed(Check::Stalled, "no progress (stalled)"));
-            }
-            let Some(next) = self.next_time() else {
-                return Err(self.failed(Check::Stalled, "nothing left to happen (deadlock)"));
-            };
-            if next > limit {
-                return Err(self.failed(Check::Stalled, "virtual time limit"));
-            }
-            if steps > 20_000_000 {
-                return Err(self.failed(Check::Stalled, "step limit"));
-            }
-            self.now = next.max(self.now);
-            self.deliver();
-            self.replication();
-            self.timeouts();
-            self.kills();
-        }
-        self.report.steps = steps;
+        while !self.step()? {}
         self.report.virtual_time = self.now - self.start;
         self.report.commits += self.chan.commits;
         self.report.commit_bytes += self.chan.bytes;
         self.report.max_checkpoint = self.report.max_checkpoint.max(self.chan.max_size);
+        if let Some(s) = self.client.stream.take() {
+            self.report.client_stream = s;
+        }
         self.final_checks()?;
         Ok(self.report)
+    }
+
+    /// Runs until `stop` holds (checked before every step): `Ok(true)`, or
+    /// `Ok(false)` if the transfer ended first. [`run`](Self::run) goes on
+    /// from there.
+    pub fn run_until(&mut self, mut stop: impl FnMut(&Sim) -> bool) -> Result<bool, Failure> {
+        loop {
+            if stop(self) {
+                return Ok(true);
+            }
+            if self.step()? {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// One instant: everyone acts, the checks run, then the clock moves to
+    /// the next event. `Ok(true)` once the transfer is done.
+    fn step(&mut self) -> Result<bool, Failure> {
+        self.report.steps += 1;
+        self.settle();
+        self.check_rule();
+        self.collect_errors();
+        if let Some((check, f)) = self.failure.take() {
+            return Err(self.failed(check, &f));
+        }
+        if self.done() {
+            return Ok(true);
+        }
+        if let Some((at, got)) = self.gap_from
+            && self.client.rx.got > got
+        {
+            self.gap_from = None;
+            self.report.gaps.push(self.now - at);
+        }
+        let progress = self.client.rx.got + self.backend.rx.got;
+        if progress != self.last_progress.0 {
+            self.last_progress = (progress, self.now);
+        }
+        if self.now.saturating_duration_since(self.last_progress.1) > self.p.stall_limit {
+            return Err(self.failed(Check::Stalled, "no progress (stalled)"));
+        }
+        let Some(next) = self.next_time() else {
+            return Err(self.failed(Check::Stalled, "nothing left to happen (deadlock)"));
+        };
+        if next > self.start + self.p.time_limit {
+            return Err(self.failed(Check::Stalled, "virtual time limit"));
+        }
+        if self.report.steps > 20_000_000 {
+            return Err(self.failed(Check::Stalled, "step limit"));
+        }
+        self.now = next.max(self.now);
+        self.deliver();
+        self.replication();
+        self.timeouts();
+        self.kills();
+        Ok(false)
+    }
+
+    /// What the standby holds now.
+    pub fn stored(&self) -> Option<&Stored> {
+        self.store.as_ref()
+    }
+
+    /// The backend's connection, once accepted.
+    pub fn backend_tcp(&self) -> Option<&Connection> {
+        self.backend.tcp.as_ref()
+    }
+
+    /// The backend's byte stream (what it sends the client).
+    pub fn backend_stream(&self) -> Pattern {
+        Pattern(self.backend.tx.seed)
     }
 
     fn done(&self) -> bool {
@@ -1409,6 +1513,17 @@ impl Sim {
                 }
                 self.chan.commit(flow.id(), no, &ck);
             }
+            // The checkpoint failed (the flow logs it and goes on
+            // unprotected): nothing could adopt the flow from here, and
+            // this outbox never acknowledges the commit.
+            if let Some(no) = flow.poll_commit_no() {
+                self.failure.get_or_insert_with(|| {
+                    (
+                        Check::Other,
+                        format!("commit {no} came without its checkpoint (the checkpoint failed)"),
+                    )
+                });
+            }
             while let Some((_, no)) = self.chan.poll_ack() {
                 more = true;
                 flow.handle_commit_ack(now, no);
@@ -1474,18 +1589,80 @@ impl Sim {
         }
         loop {
             let out = match self.backend.tcp.as_mut() {
-                Some(c) => c.poll_transmit(now, buf).map(|r| to_bytes(&r, Link::S2R)),
-                None => self
-                    .backend
-                    .listener
-                    .poll_transmit(now, buf)
-                    .map(|(_, r)| to_bytes(&r, Link::S2R)),
+                Some(c) => {
+                    let una = c.snd_una();
+                    let Some(r) = c.poll_transmit(now, buf) else {
+                        break;
+                    };
+                    match self.recovering.as_mut() {
+                        Some(rec) => {
+                            let shaped = rec.shape(una, &r);
+                            if shaped.is_none_or(|s| s.payload.len() < r.payload.len()) {
+                                self.report.recovery_held += 1;
+                            }
+                            shaped.map(|r| to_bytes(&r, Link::S2R))
+                        }
+                        None => Some(to_bytes(&r, Link::S2R)),
+                    }
+                }
+                None => match self.backend.listener.poll_transmit(now, buf) {
+                    Some((_, r)) => Some(to_bytes(&r, Link::S2R)),
+                    None => break,
+                },
             };
-            let Some(bytes) = out else { break };
+            any = true;
+            if let Some(bytes) = out {
+                self.emit(Link::S2R, bytes);
+            }
+        }
+        if let Some(bytes) = self.recovery_segment() {
+            self.report.recovery_sent += 1;
             any = true;
             self.emit(Link::S2R, bytes);
         }
         any
+    }
+
+    /// The segment a backend in recovery sends once the cumulative ACK
+    /// has moved: the next one from its new `snd_una`.
+    fn recovery_segment(&mut self) -> Option<Vec<u8>> {
+        let c = self.backend.tcp.as_ref()?;
+        let rec = self.recovering.as_mut()?;
+        let una = c.snd_una();
+        if una >= rec.until {
+            self.recovering = None;
+            return None;
+        }
+        if rec.sent_at == Some(una) || una >= c.snd_max() {
+            return None;
+        }
+        rec.sent_at = Some(una);
+        let off = (una - (c.iss() + 1)) as u32 as u64;
+        let sent_end = (c.snd_max() - (c.iss() + 1)) as u32 as u64;
+        let data_end = sent_end.min(self.backend.tx.sent);
+        let len = (data_end.saturating_sub(off) as usize).min(c.effective_mss());
+        // (The FIN only once the engine has sent it: `snd_max` counts it.)
+        let fin = sent_end > self.backend.tx.sent && off + len as u64 == self.backend.tx.sent;
+        let payload = Pattern(self.backend.tx.seed).bytes(off, len);
+        let mut flags = relay_tcp::TcpFlags::ACK;
+        if fin {
+            flags |= relay_tcp::TcpFlags::FIN;
+        }
+        let (window_len, timestamp) = rec.last;
+        let r = TcpRepr {
+            src_port: BACKEND.port(),
+            dst_port: RELAY_BACK.port(),
+            seq_number: una,
+            ack_number: c.rcv_nxt(),
+            flags,
+            window_len,
+            options: relay_tcp::TcpOptions {
+                timestamp,
+                ..relay_tcp::TcpOptions::default()
+            },
+            payload: &payload,
+        };
+        Some(to_bytes(&r, Link::S2R))
     }
 
     fn emit(&mut self, link: Link, bytes: Vec<u8>) {
@@ -1657,7 +1834,16 @@ impl Sim {
                     }
                 }
                 match relay_flow::apply_delta(&s.ck, &delta) {
-                    Ok(rebuilt) if rebuilt == ck => self.report.delta_sizes.push(delta.len()),
+                    Ok(rebuilt) if rebuilt == ck => {
+                        self.report.delta_sizes.push(delta.len());
+                        if ck.down_partial.len() > s.ck.down_partial.len()
+                            && !s.ck.down_partial.is_empty()
+                            && ck.down_plain_off == s.ck.down_plain_off
+                            && ck.down_partial.starts_with(&s.ck.down_partial)
+                        {
+                            self.report.partial_grown += 1;
+                        }
+                    }
                     Ok(_) => {
                         self.fail(format!(
                             "delta for commit {} rebuilds another checkpoint",
@@ -1670,6 +1856,13 @@ impl Sim {
                         return;
                     }
                 }
+            }
+            if !ck.down_partial.is_empty() {
+                self.report.partial_commits += 1;
+            }
+            if let Err(e) = check_down_partial(&ck, Pattern(self.backend.tx.seed)) {
+                self.fail(format!("commit {}: {e}", t.no));
+                return;
             }
             if self.report.samples.len() < 64
                 && (t.no.n % 7 == 1 || !ck.batches.is_empty() || !ck.partial.is_empty())
@@ -1746,16 +1939,22 @@ impl Sim {
                 Ok(f) => {
                     self.flow = Some(f);
                     self.active += 1;
+                    if !ck.down_partial.is_empty() {
+                        self.report.partial_adoptions += 1;
+                    }
+                    self.gap_from = (self.client.rx.got < self.client.rx.total)
+                        .then_some((now, self.client.rx.got));
                     let (back_una, back_max) = (
                         ck.back.snd_una - (ck.back.iss + 1),
                         ck.back.snd_max - (ck.back.iss + 1),
                     );
                     self.note(format!(
-                        "relay #{} adopted from commit {:?} (batches {}, partial {}): up client {} plain {} (back una {back_una} max {back_max}, backend has {}), down client {} plain {}, front {} back {}",
+                        "relay #{} adopted from commit {:?} (batches {}, partial {}, down_partial {}): up client {} plain {} (back una {back_una} max {back_max}, backend has {}), down client {} plain {}, front {} back {}",
                         self.active,
                         s.no,
                         ck.batches.len(),
                         ck.partial.len(),
+                        ck.down_partial.len(),
                         ck.up_client_off,
                         ck.up_plain_off,
                         self.backend.rx.got,
@@ -1774,6 +1973,10 @@ impl Sim {
             return;
         };
         if self.flow_closed.is_some() || self.flow.is_none() || !self.relay_up() {
+            // Nothing left to kill: a kill still due would stop the clock.
+            if self.flow_closed.is_some() {
+                self.kill_at = None;
+            }
             return;
         }
         if let Some(at) = self.kill_at {
@@ -1799,6 +2002,17 @@ impl Sim {
                     .retain(|_, p| !matches!(p.link, Link::R2C | Link::R2S));
             }
             self.adopt_at = Some(now + self.p.down_time);
+            if self.p.linux_recovery
+                && let Some(c) = &self.backend.tcp
+            {
+                self.recovering = Some(Recovering {
+                    until: c.snd_max(),
+                    // The engine's own timeout resends the first one.
+                    sent_at: Some(c.snd_una()),
+                    ack_sent: c.rcv_nxt(),
+                    last: (u16::MAX, None),
+                });
+            }
             let held = self.store.as_ref().map(|s| s.no);
             self.note(format!(
                 "relay #{} killed; standby holds {held:?}",
@@ -1815,12 +2029,101 @@ impl Sim {
                 .flow
                 .as_ref()
                 .is_some_and(|f| f.phase() == Phase::Closing),
+            Trigger::Replaying => {
+                self.active > 0
+                    && self
+                        .store
+                        .as_ref()
+                        .is_some_and(|s| !s.ck.down_partial.is_empty())
+            }
         };
         if fire && self.store.is_some() {
-            let jitter = Duration::from_micros(self.rng.below(20_000));
+            // While an adopter replays, what it carries changes with each
+            // backend segment: kill before it has moved on.
+            let most = if matches!(trigger, Trigger::Replaying) {
+                2_000
+            } else {
+                20_000
+            };
+            let jitter = Duration::from_micros(self.rng.below(most));
             self.kill_at = Some(now + jitter);
         }
     }
+}
+
+/// A backend in retransmission-timeout recovery, as Linux is when SACK
+/// does not help it: of everything it had sent before the kill, only the
+/// segment at its `snd_una` goes out, the next once the cumulative ACK
+/// moves. The engine is left as it is (it believes it sent the rest,
+/// which is then lost); its data segments past `snd_una` are dropped here
+/// and [`Sim::recovery_segment`] sends the one the ACK asks for.
+struct Recovering {
+    /// Recovery ends once the backend has this acknowledged (all it had
+    /// sent at the kill).
+    until: relay_tcp::SeqNumber,
+    /// The `snd_una` the last segment was sent for.
+    sent_at: Option<relay_tcp::SeqNumber>,
+    /// The highest ACK (of the client's bytes) passed on to the relay.
+    ack_sent: relay_tcp::SeqNumber,
+    /// Window and timestamps of the engine's last segment.
+    last: (u16, Option<relay_tcp::TcpTimestamp>),
+}
+
+impl Recovering {
+    /// What goes out of a segment the engine sent: all of it if it is the
+    /// one at `snd_una` (a timeout resends it) or carries no data; else
+    /// only its ACK, if that is news (the relay must still learn what the
+    /// backend got from the client).
+    fn shape<'a>(&mut self, una: relay_tcp::SeqNumber, r: &TcpRepr<'a>) -> Option<TcpRepr<'a>> {
+        self.last = (r.window_len, r.options.timestamp);
+        let ack_news = r.flags.ack() && r.ack_number > self.ack_sent;
+        if ack_news {
+            self.ack_sent = r.ack_number;
+        }
+        if r.payload.is_empty() && !r.flags.fin() {
+            return Some(*r);
+        }
+        if r.seq_number == una {
+            self.sent_at = Some(una);
+            return Some(*r);
+        }
+        ack_news.then(|| TcpRepr {
+            seq_number: r.seq_number + r.segment_len(),
+            flags: relay_tcp::TcpFlags::ACK,
+            payload: &[],
+            ..*r
+        })
+    }
+}
+
+/// What a checkpoint says it acknowledged to the backend early is the
+/// backend's stream at its down point, and exactly what the back engine's
+/// release point covers past the down point (an adopter reads it before
+/// the bytes the backend resends from that release point).
+pub fn check_down_partial(ck: &FlowCheckpoint, backend: Pattern) -> Result<(), String> {
+    let fin = u32::from(matches!(
+        ck.back.state,
+        State::CloseWait | State::Closing | State::LastAck | State::TimeWait
+    ));
+    let end = ck.down_plain_off + ck.down_partial.len() as u64;
+    let rel = relay_tcp::SeqNumber((ck.back.irs.0).wrapping_add(1 + end as u32 + fin));
+    if ck.back.rcv_rel != rel {
+        return Err(format!(
+            "the back release point {:?} is not the down point {} plus {} bytes held{} ({rel:?})",
+            ck.back.rcv_rel,
+            ck.down_plain_off,
+            ck.down_partial.len(),
+            if fin == 1 { " plus the FIN" } else { "" }
+        ));
+    }
+    let want = backend.bytes(ck.down_plain_off, ck.down_partial.len());
+    if let Some(i) = (0..want.len()).find(|&i| want[i] != ck.down_partial[i]) {
+        return Err(format!(
+            "down_partial differs from the backend's bytes at offset {}",
+            ck.down_plain_off + i as u64
+        ));
+    }
+    Ok(())
 }
 
 /// The commit rule on a segment the relay sends: its ACK releases nothing,
@@ -1897,12 +2200,14 @@ pub fn run_seed(p: Params) -> Result<Report, Failure> {
     let r = Sim::new(p).run();
     match &r {
         Ok(rep) => eprintln!(
-            "{label}: ok, {} kills, {} segments ({} dropped), {} commits (max {} B), virtual {:?}, wall {:?}",
+            "{label}: ok, {} kills ({} from a down_partial), {} segments ({} dropped), {} commits (max {} B, {} with a down_partial), virtual {:?}, wall {:?}",
             rep.kills,
+            rep.partial_adoptions,
             rep.segments,
             rep.dropped,
             rep.commits,
             rep.max_checkpoint,
+            rep.partial_commits,
             rep.virtual_time,
             started.elapsed()
         ),
@@ -1913,4 +2218,189 @@ pub fn run_seed(p: Params) -> Result<Report, Failure> {
         ),
     }
     r
+}
+
+// ----------------------------------------------------------------------
+// Driving a flow by hand (outside `Sim`), for tests that script what its
+// peers send segment by segment.
+
+/// A segment a flow sent, owned.
+#[derive(Clone, Debug)]
+pub struct Sent {
+    pub seq: relay_tcp::SeqNumber,
+    /// The ACK field, when the ACK flag is set.
+    pub ack: Option<relay_tcp::SeqNumber>,
+    pub payload: Vec<u8>,
+}
+
+impl Sent {
+    fn of(r: &TcpRepr<'_>) -> Sent {
+        Sent {
+            seq: r.seq_number,
+            ack: r.flags.ack().then_some(r.ack_number),
+            payload: r.payload.to_vec(),
+        }
+    }
+}
+
+/// A standby that stores each commit as the simulation's does (encoded,
+/// decoded, the delta from the previous one checked), and acknowledges
+/// only when told: a test sees what the flow does before and after.
+#[derive(Default)]
+pub struct Standby {
+    /// Every checkpoint stored, in commit order.
+    pub stored: Vec<FlowCheckpoint>,
+    unacked: VecDeque<(FlowId, CommitNo)>,
+    acks: VecDeque<(FlowId, CommitNo)>,
+    /// Acknowledge each commit as soon as it is stored.
+    pub ack_at_once: bool,
+    /// The backend's stream, to check what checkpoints carry of it
+    /// ([`check_down_partial`]).
+    pub backend: Option<Pattern>,
+}
+
+impl Standby {
+    /// The last checkpoint stored.
+    pub fn last(&self) -> Option<&FlowCheckpoint> {
+        self.stored.last()
+    }
+
+    /// Acknowledges every commit stored so far.
+    pub fn acknowledge(&mut self) {
+        self.acks.append(&mut self.unacked);
+    }
+
+    /// Commits stored and not acknowledged yet.
+    pub fn unacked(&self) -> usize {
+        self.unacked.len()
+    }
+}
+
+impl Outbox for Standby {
+    fn commit(&mut self, id: FlowId, no: CommitNo, checkpoint: &FlowCheckpoint) {
+        let ck = FlowCheckpoint::from_bytes(&checkpoint.to_bytes())
+            .unwrap_or_else(|e| panic!("commit {no} does not decode: {e}"));
+        assert_eq!(&ck, checkpoint, "commit {no} does not round-trip");
+        assert_eq!(
+            ck.commit, no,
+            "commit {no} carries another commit's checkpoint"
+        );
+        if let Some(prev) = self.stored.last() {
+            assert!(prev.commit < no, "commit {no} after {}", prev.commit);
+            if let Some(delta) = relay_flow::encode_delta(&ck, prev) {
+                match relay_flow::apply_delta(prev, &delta) {
+                    Ok(rebuilt) => {
+                        assert_eq!(rebuilt, ck, "the delta to commit {no} rebuilds another")
+                    }
+                    Err(e) => panic!("the delta to commit {no} does not apply: {e}"),
+                }
+            }
+        }
+        if let Some(b) = self.backend
+            && let Err(e) = check_down_partial(&ck, b)
+        {
+            panic!("commit {no}: {e}");
+        }
+        self.stored.push(ck);
+        self.unacked.push_back((id, no));
+        if self.ack_at_once {
+            self.acknowledge();
+        }
+    }
+
+    fn poll_ack(&mut self) -> Option<(FlowId, CommitNo)> {
+        self.acks.pop_front()
+    }
+
+    fn forget(&mut self, id: FlowId) {
+        self.acks.retain(|(f, _)| *f != id);
+        self.unacked.retain(|(f, _)| *f != id);
+    }
+}
+
+/// A flow run by hand: what it sent each way, and its standby.
+pub struct Hand {
+    pub flow: Flow,
+    pub standby: Standby,
+    pub front_out: Vec<Sent>,
+    pub back_out: Vec<Sent>,
+}
+
+impl Hand {
+    pub fn new(flow: Flow, backend: Pattern) -> Hand {
+        Hand {
+            flow,
+            standby: Standby {
+                backend: Some(backend),
+                ..Standby::default()
+            },
+            front_out: Vec::new(),
+            back_out: Vec::new(),
+        }
+    }
+
+    /// The calling order of `Flow`, until nothing more happens at `now`:
+    /// events, commits into the standby, its acknowledgements, then the
+    /// segments both ways. Returns whether anything happened.
+    pub fn pump(&mut self, now: Instant) -> bool {
+        let mut buf = vec![0u8; 65536];
+        let mut any = false;
+        loop {
+            let mut more = false;
+            while let Some(e) = self.flow.poll_event() {
+                more = true;
+                if let FlowEvent::Closed(r) = e {
+                    assert_eq!(r, CloseReason::Normal, "the flow closed: {r:?}");
+                }
+            }
+            while let Some((no, ck)) = self.flow.poll_commit() {
+                more = true;
+                self.standby.commit(self.flow.id(), no, &ck);
+            }
+            if let Some(no) = self.flow.poll_commit_no() {
+                panic!("commit {no} came without its checkpoint: the flow is no longer adoptable");
+            }
+            while let Some((_, no)) = self.standby.poll_ack() {
+                more = true;
+                self.flow.handle_commit_ack(now, no);
+            }
+            while let Some(r) = self.flow.poll_front_transmit(now, &mut buf) {
+                more = true;
+                self.front_out.push(Sent::of(&r));
+            }
+            while let Some(r) = self.flow.poll_back_transmit(now, &mut buf) {
+                more = true;
+                self.back_out.push(Sent::of(&r));
+            }
+            any |= more;
+            if !more {
+                return any;
+            }
+        }
+    }
+}
+
+/// A bare segment from a peer: ACK (and PSH with data), no options (a
+/// connection that negotiated timestamps accepts segments without).
+pub fn peer_segment(
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+    seq: relay_tcp::SeqNumber,
+    ack: relay_tcp::SeqNumber,
+    payload: &[u8],
+) -> TcpRepr<'_> {
+    let mut flags = relay_tcp::TcpFlags::ACK;
+    if !payload.is_empty() {
+        flags |= relay_tcp::TcpFlags::PSH;
+    }
+    TcpRepr {
+        src_port: from.port(),
+        dst_port: to.port(),
+        seq_number: seq,
+        ack_number: ack,
+        flags,
+        window_len: u16::MAX,
+        options: relay_tcp::TcpOptions::default(),
+        payload,
+    }
 }
