@@ -743,6 +743,10 @@ impl Flow {
         flow.replay_end = (!ck.batches.is_empty()).then(|| ck.traffic.clone());
         flow.replicated = true;
         flow.adopted = true;
+        // An engine that closes before the first export (the peer's last
+        // ACK of a close already on its way) still has a state to commit.
+        flow.front_ck = Some(ck.front.clone());
+        flow.back_ck = Some(ck.back.clone());
         // The exporter raised `snd_max` to the end of its plan (see
         // `checkpoint`); its FIN, if it may have sent it, is `snd_fin`.
         flow.replay_front_end =
@@ -1116,8 +1120,12 @@ impl Flow {
         if self.records.is_some() {
             self.pump_upstream();
             self.pump_downstream();
-            self.maybe_commit(now);
+            // Before the commit decision: a replayed batch sealed just now
+            // is released already, and the client may have acknowledged
+            // all of it (it had the bytes from the old relay), which moves
+            // the down point in this very commit.
             self.push_front();
+            self.maybe_commit(now);
             self.pump_upstream();
         }
         self.engine_events();
