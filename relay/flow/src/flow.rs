@@ -658,7 +658,14 @@ impl Flow {
         // ignored by Linux.)
         let wider = |c: &relay_tcp::Config| {
             let mut c = c.clone();
-            c.recv_buffer += ADOPT_EXTRA_SEGMENTS * usize::from(c.mss);
+            let most = if c.window_scaling {
+                relay_tcp::MAX_RECV_BUFFER
+            } else {
+                65535
+            };
+            c.recv_buffer = (c.recv_buffer + ADOPT_EXTRA_SEGMENTS * usize::from(c.mss))
+                .min(most)
+                .max(c.recv_buffer);
             c
         };
         let mut front = Connection::import(wider(&cfg.front), &ck.front, now, elapsed)?;
