@@ -21,7 +21,7 @@
 //! Start with [`Backplane::start`]; see `README.md` for the threads, the
 //! queues and the connection lifecycle.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -31,6 +31,7 @@ mod error;
 mod front;
 mod handle;
 mod shared;
+mod sockopt;
 mod tls;
 mod transport;
 mod worker;
