@@ -11,8 +11,8 @@
 //! 3. bulk download MB/s through relay-a with relay-b replicating its flows,
 //!    beside relay-a alone (local commit), interleaved run by run so that
 //!    the other load on the machine falls on both alike;
-//! 4. commit latency p50/p99 from relay-a's `relay_commit_latency_seconds`
-//!    histogram over the replicated bulk runs.
+//! 4. commit latency p50/p99 (and mean) from relay-a's
+//!    `relay_commit_latency_seconds` histogram over the replicated bulk runs.
 //!
 //! Every round builds a fresh lab (namespaces, backend, relays): a killed
 //! relay-a leaves the VIP on relay-b, and a fresh lab is the one sure way
@@ -135,6 +135,13 @@ pub fn run() -> Result<()> {
             "commit latency p50 / p99 (bucket upper bounds)".to_string(),
             commit_cell(&bulk.commit_buckets),
         ),
+        (
+            "commit latency, mean".to_string(),
+            match bulk.commit_buckets.last() {
+                Some(&(_, n)) if n > 0.0 => seconds(bulk.commit_seconds / n),
+                _ => "no sample".to_string(),
+            },
+        ),
     ];
     println!();
     println!("== figures");
@@ -149,7 +156,7 @@ pub fn run() -> Result<()> {
         "1 flow: the gap is the flow's longest pause between data segments from the VIP; {MANY_FLOWS} flows: for each flow mid-transfer at the kill, the kill to its first data segment from the VIP after it (to the capture's end if none)"
     );
     println!(
-        "bulk: 1 GiB curl downloads, MB/s = 10^6 bytes/s (curl's speed_download); commit latency buckets are decades (1 us .. 1 s)"
+        "bulk: 1 GiB curl downloads, MB/s = 10^6 bytes/s (curl's speed_download); commit latency buckets are 10 us .. 1 s in steps of 1, 2.5, 5"
     );
     if rounds_1000 < ROUNDS_1000_WANTED {
         println!(
@@ -789,6 +796,8 @@ struct Bulk {
     /// relay-a's commit latency buckets (upper bound, cumulative count),
     /// summed over the replicated runs.
     commit_buckets: Vec<(f64, f64)>,
+    /// The histogram's `_sum` over the replicated runs, seconds.
+    commit_seconds: f64,
 }
 
 fn bulk(ctx: &Ctx, runs: usize) -> Bulk {
@@ -801,6 +810,7 @@ fn bulk(ctx: &Ctx, runs: usize) -> Bulk {
         replicated: Vec::new(),
         alone: Vec::new(),
         commit_buckets: Vec::new(),
+        commit_seconds: 0.0,
     };
     for run in 1..=runs {
         for mode in [Mode::Pair, Mode::Alone] {
@@ -810,7 +820,11 @@ fn bulk(ctx: &Ctx, runs: usize) -> Bulk {
             };
             let tag = format!("[bulk {run}/{runs} {name}]");
             match bulk_run(ctx, mode) {
-                Ok((rate, buckets)) => {
+                Ok(BulkRun {
+                    rate,
+                    buckets,
+                    seconds,
+                }) => {
                     let commits = buckets.last().map_or(0.0, |b| b.1);
                     println!(
                         "  {tag} {rate:.1} MB/s{}",
@@ -824,6 +838,7 @@ fn bulk(ctx: &Ctx, runs: usize) -> Bulk {
                         Mode::Pair => {
                             out.replicated.push(rate);
                             out.commit_buckets = add_buckets(&out.commit_buckets, &buckets);
+                            out.commit_seconds += seconds;
                         }
                         Mode::Alone => out.alone.push(rate),
                     }
@@ -835,9 +850,18 @@ fn bulk(ctx: &Ctx, runs: usize) -> Bulk {
     out
 }
 
-/// One 1 GiB download; returns MB/s and, for the pair, relay-a's commit
-/// latency buckets after it.
-fn bulk_run(ctx: &Ctx, mode: Mode) -> Result<(f64, Vec<(f64, f64)>)> {
+/// What one bulk download measured.
+struct BulkRun {
+    /// MB/s.
+    rate: f64,
+    /// For the pair, relay-a's commit latency buckets after the download.
+    buckets: Vec<(f64, f64)>,
+    /// Their sum, seconds.
+    seconds: f64,
+}
+
+/// One 1 GiB download.
+fn bulk_run(ctx: &Ctx, mode: Mode) -> Result<BulkRun> {
     let s = Setup::up(ctx, mode)?;
     // To /dev/null: a hash on the client would take a core from the relay.
     // The byte count is checked; the failover rounds check the content.
@@ -858,17 +882,36 @@ fn bulk_run(ctx: &Ctx, mode: Mode) -> Result<(f64, Vec<(f64, f64)>)> {
     if size != BULK_BYTES {
         bail!("curl received {size} bytes of {BULK_BYTES}");
     }
-    let buckets = match mode {
-        Mode::Pair => histogram_buckets(
-            &s.relay_a
+    let (buckets, seconds) = match mode {
+        Mode::Pair => {
+            let page = s
+                .relay_a
                 .metrics()
                 .context("scraping relay-a's /metrics")?
-                .text,
-            COMMIT_LATENCY,
-        ),
-        Mode::Alone => Vec::new(),
+                .text;
+            (
+                histogram_buckets(&page, COMMIT_LATENCY),
+                histogram_sum(&page, COMMIT_LATENCY),
+            )
+        }
+        Mode::Alone => (Vec::new(), 0.0),
     };
-    Ok((speed / 1e6, buckets))
+    Ok(BulkRun {
+        rate: speed / 1e6,
+        buckets,
+        seconds,
+    })
+}
+
+/// The `_sum` of histogram `name` in a Prometheus text page, over its
+/// label sets.
+fn histogram_sum(text: &str, name: &str) -> f64 {
+    let series = format!("{name}_sum");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&series))
+        .filter_map(|rest| rest.rsplit_once(' '))
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// The cumulative buckets `(le, count)` of histogram `name` in a
@@ -1375,6 +1418,8 @@ mod tests {
         assert_eq!(twice.last(), Some(&(f64::INFINITY, 200.0)));
         assert_eq!(commit_cell(&twice), "<= 1 ms / <= 10 ms  (200 commits)");
         assert_eq!(bucket_quantile(&[], 0.5), None);
+        assert_eq!(histogram_sum(page, COMMIT_LATENCY), 0.5);
+        assert_eq!(histogram_sum("", COMMIT_LATENCY), 0.0);
     }
 
     #[test]

@@ -88,7 +88,7 @@ impl Drop for ClusterRuntime {
 /// The standby rebuilds a peer's full checkpoint from each delta with the
 /// flow layer's own codec.
 fn rebuild(base: &[u8], delta: &[u8]) -> Result<Vec<u8>, String> {
-    let base = FlowCheckpoint::from_bytes(base).map_err(|e| e.to_string())?;
+    let base = FlowCheckpoint::from_stored_bytes(base).map_err(|e| e.to_string())?;
     apply_delta(&base, delta)
         .map(|c| c.to_bytes())
         .map_err(|e| e.to_string())

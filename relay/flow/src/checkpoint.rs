@@ -12,7 +12,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use relay_codec::{Reader, Writer};
 use relay_tcp::Checkpoint;
-use relay_tls::TrafficState;
+use relay_tls::{KeyCheck, TrafficState};
 
 use crate::error::FlowError;
 use crate::outbox::{CommitNo, FlowId};
@@ -173,6 +173,21 @@ impl FlowCheckpoint {
 
     /// Decodes and validates a checkpoint written by [`Self::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, FlowError> {
+        Self::decode(bytes, KeyCheck::Derive)
+    }
+
+    /// Decodes a checkpoint a standby stored (it passed [`from_bytes`]'s
+    /// structure checks, or was built by [`apply_delta`](crate::apply_delta)),
+    /// without deriving every TLS 1.3 key again. A standby rebuilds its
+    /// peer's checkpoint for every delta, and the derivations (four HKDF
+    /// expansions for the traffic state and for each planned batch's) were
+    /// nearly half its backplane thread's time in a bulk transfer; the
+    /// adopter decodes with [`from_bytes`](Self::from_bytes).
+    pub fn from_stored_bytes(bytes: &[u8]) -> Result<Self, FlowError> {
+        Self::decode(bytes, KeyCheck::Skip)
+    }
+
+    fn decode(bytes: &[u8], check: KeyCheck) -> Result<Self, FlowError> {
         let mut r = Reader::new(bytes);
         if r.take(4, "magic")? != MAGIC {
             return Err(FlowError::Checkpoint("magic"));
@@ -191,7 +206,7 @@ impl FlowCheckpoint {
             .map_err(|_| FlowError::Checkpoint("front"))?;
         let back =
             Checkpoint::from_bytes(r.block("back")?).map_err(|_| FlowError::Checkpoint("back"))?;
-        let traffic = TrafficState::import(r.block("traffic")?)
+        let traffic = TrafficState::import_with(r.block("traffic")?, check)
             .map_err(|_| FlowError::Checkpoint("traffic"))?;
         let partial = r.block("partial")?.to_vec();
         if partial.len() > MAX_PARTIAL {
@@ -215,7 +230,7 @@ impl FlowCheckpoint {
         }
         let mut batches = Vec::with_capacity(n);
         for _ in 0..n {
-            let state_before = TrafficState::import(r.block("batch state")?)
+            let state_before = TrafficState::import_with(r.block("batch state")?, check)
                 .map_err(|_| FlowError::Checkpoint("batch state"))?;
             if state_before.suite != traffic.suite {
                 return Err(FlowError::Checkpoint("batch suite"));

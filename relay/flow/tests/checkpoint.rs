@@ -651,3 +651,32 @@ fn down_partial_deltas_rebuild_it() {
         "a whole down_partial past MAX_DOWN_PARTIAL applied"
     );
 }
+
+/// A standby decodes its stored copies without deriving every TLS 1.3 key
+/// again; the adopter's decode still refuses a key that does not derive from
+/// its secret.
+#[test]
+fn stored_copies_skip_only_the_key_derivation() {
+    let samples = samples();
+    for b in &samples {
+        assert_eq!(
+            FlowCheckpoint::from_stored_bytes(b).unwrap(),
+            FlowCheckpoint::from_bytes(b).unwrap()
+        );
+    }
+    let mut ck = samples
+        .iter()
+        .map(|b| FlowCheckpoint::from_bytes(b).unwrap())
+        .find(|ck| ck.traffic.version == relay_tls::Version::Tls13)
+        .expect("a TLS 1.3 sample");
+    ck.traffic.write.key[0] ^= 1;
+    let tampered = ck.to_bytes();
+    assert_eq!(
+        check_error(FlowCheckpoint::from_bytes(&tampered), "tampered key"),
+        Some("traffic")
+    );
+    assert_eq!(FlowCheckpoint::from_stored_bytes(&tampered).unwrap(), ck);
+    for n in 0..tampered.len() {
+        assert!(FlowCheckpoint::from_stored_bytes(&tampered[..n]).is_err());
+    }
+}

@@ -61,7 +61,7 @@ pub use record::{
 };
 pub use rustls::AlertDescription;
 pub use rustls::pki_types::UnixTime;
-pub use state::{Control, RecordState, TrafficState};
+pub use state::{Control, KeyCheck, RecordState, TrafficState};
 pub use suite::{Aead, Suite, Version};
 
 #[cfg(test)]

@@ -135,12 +135,12 @@ impl RecordState {
     /// Decodes and validates a state written by [`RecordState::export`].
     pub fn import(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
-        let state = Self::read(&mut r)?;
+        let state = Self::read(&mut r, KeyCheck::Derive)?;
         r.finish()?;
         Ok(state)
     }
 
-    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    fn read(r: &mut Reader<'_>, check: KeyCheck) -> Result<Self, DecodeError> {
         let format = r.u8("format version")?;
         if format != STATE_FORMAT {
             return Err(DecodeError::UnknownFormat(format));
@@ -163,7 +163,7 @@ impl RecordState {
             return Err(DecodeError::BadLength("secret"));
         }
         let secret = r.take(secret_len, "secret")?.to_vec();
-        if suite.version() == Version::Tls13 {
+        if suite.version() == Version::Tls13 && check == KeyCheck::Derive {
             let (k, i) =
                 keys::traffic_key_iv(suite, &secret).map_err(|_| DecodeError::KeyMismatch)?;
             if k != key || i != iv {
@@ -178,6 +178,18 @@ impl RecordState {
             seq,
         })
     }
+}
+
+/// Whether decoding a TLS 1.3 state derives its key and IV from its traffic
+/// secret again to check them (two HKDF expansions per direction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// Derive and compare: state from elsewhere, about to be used.
+    Derive,
+    /// Structure and lengths only: state that is only stored and passed on,
+    /// such as a standby's copy of its peer's checkpoints, rebuilt for every
+    /// delta; it is checked with [`Derive`](Self::Derive) when adopted.
+    Skip,
 }
 
 /// A control record the record layer owes the peer, sealed before any further
@@ -265,6 +277,12 @@ impl TrafficState {
 
     /// Decodes and validates a state written by [`TrafficState::export`].
     pub fn import(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::import_with(bytes, KeyCheck::Derive)
+    }
+
+    /// Decodes a state like [`import`](Self::import), checking its key and
+    /// IV against its secret only if `check` says so.
+    pub fn import_with(bytes: &[u8], check: KeyCheck) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let format = r.u8("format version")?;
         if format != STATE_FORMAT {
@@ -295,7 +313,7 @@ impl TrafficState {
         let mut dirs = [None, None];
         for (d, what) in dirs.iter_mut().zip(["read state", "write state"]) {
             let mut sub = Reader::new(r.block_u16(what)?);
-            let state = RecordState::read(&mut sub)?;
+            let state = RecordState::read(&mut sub, check)?;
             sub.finish()?;
             *d = Some(state);
         }
@@ -438,5 +456,23 @@ mod tests {
         for n in 0..good.len() {
             assert!(TrafficState::import(&good[..n]).is_err());
         }
+    }
+
+    #[test]
+    fn skipping_the_key_check_still_checks_the_structure() {
+        let mut t = TrafficState::new(tls13_state(3), tls13_state(4)).unwrap();
+        t.write.key[0] ^= 1;
+        let bytes = t.export();
+        assert_eq!(TrafficState::import(&bytes), Err(DecodeError::KeyMismatch));
+        assert_eq!(TrafficState::import_with(&bytes, KeyCheck::Skip), Ok(t));
+        for n in 0..bytes.len() {
+            assert!(TrafficState::import_with(&bytes[..n], KeyCheck::Skip).is_err());
+        }
+        let mut short_key = TrafficState::new(tls13_state(0), tls13_state(0)).unwrap();
+        short_key.read.key.pop();
+        assert_eq!(
+            TrafficState::import_with(&short_key.export(), KeyCheck::Skip),
+            Err(DecodeError::BadLength("key"))
+        );
     }
 }
