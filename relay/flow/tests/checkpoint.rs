@@ -669,7 +669,9 @@ fn stored_copies_skip_only_the_key_derivation() {
         .map(|b| FlowCheckpoint::from_bytes(b).unwrap())
         .find(|ck| ck.traffic.version == relay_tls::Version::Tls13)
         .expect("a TLS 1.3 sample");
-    ck.traffic.write.key[0] ^= 1;
+    let mut key = ck.traffic.write.key.to_vec();
+    key[0] ^= 1;
+    ck.traffic.write.key = key.into();
     let tampered = ck.to_bytes();
     assert_eq!(
         check_error(FlowCheckpoint::from_bytes(&tampered), "tampered key"),

@@ -46,8 +46,8 @@ fn state(suite: Suite, fill: u8) -> RecordState {
         }
         Version::Tls12 => RecordState {
             suite,
-            secret: Vec::new(),
-            key: vec![fill; suite.aead().key_len()],
+            secret: std::sync::Arc::from([]),
+            key: vec![fill; suite.aead().key_len()].into(),
             iv: [fill; 12],
             seq: 0,
         },

@@ -295,9 +295,9 @@ impl HandshakeDriver {
                 let read = RecordState::from_tls13_secret(suite, &cs, rx_seq)?;
                 let write = RecordState::from_tls13_secret(suite, &ss, tx_seq)?;
                 // The secrets must give exactly the keys rustls used.
-                if read.key != rx_key
+                if read.key[..] != rx_key[..]
                     || read.iv != rx_iv
-                    || write.key != tx_key
+                    || write.key[..] != tx_key[..]
                     || write.iv != tx_iv
                 {
                     return Err(Error::Internal(
@@ -309,15 +309,15 @@ impl HandshakeDriver {
             Version::Tls12 => (
                 RecordState {
                     suite,
-                    secret: Vec::new(),
-                    key: rx_key,
+                    secret: Arc::from([]),
+                    key: rx_key.into(),
                     iv: rx_iv,
                     seq: rx_seq,
                 },
                 RecordState {
                     suite,
-                    secret: Vec::new(),
-                    key: tx_key,
+                    secret: Arc::from([]),
+                    key: tx_key.into(),
                     iv: tx_iv,
                     seq: tx_seq,
                 },

@@ -30,7 +30,7 @@ fn rfc8448_server() -> RecordLayer {
 fn rfc8448_server_application_record_is_byte_exact() {
     let mut server = rfc8448_server();
     assert_eq!(
-        server.traffic_state().write.key,
+        server.traffic_state().write.key.to_vec(),
         hex("9f02283b6c9c07efc26bb9f2ac92e356")
     );
     assert_eq!(
@@ -76,8 +76,8 @@ fn dir_state(suite: Suite, fill: u8, seq: u64) -> RecordState {
         }
         Version::Tls12 => RecordState {
             suite,
-            secret: Vec::new(),
-            key: vec![fill; suite.aead().key_len()],
+            secret: std::sync::Arc::from([]),
+            key: vec![fill; suite.aead().key_len()].into(),
             iv: [fill.wrapping_mul(3); IV_LEN],
             seq,
         },
