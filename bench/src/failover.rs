@@ -355,6 +355,25 @@ impl Setup {
         };
         takeover_fields(line)
     }
+
+    /// What relay-b's sockets and engines went through since it started:
+    /// frames its AF_XDP rings had no room for, and TCP segments it sent
+    /// again, per side.
+    fn survivor_losses(&self) -> String {
+        let Some(b) = &self.relay_b else {
+            return String::new();
+        };
+        let Ok(m) = b.metrics() else {
+            return "relay-b's metrics unavailable".into();
+        };
+        format!(
+            "rx ring drops front {} back {}, retransmissions front {} back {}",
+            m.sum("relay_device_rx_dropped_total", &[("interface", "front")]),
+            m.sum("relay_device_rx_dropped_total", &[("interface", "back")]),
+            m.sum("relay_tcp_retransmits_total", &[("side", "front")]),
+            m.sum("relay_tcp_retransmits_total", &[("side", "back")]),
+        )
+    }
 }
 
 /// `flows=N adopt_ms=X total_ms=Y` of relay-b's takeover log line, the
@@ -587,12 +606,13 @@ fn many_flows_round(ctx: &Ctx, rng: &mut SplitMix, tag: &str) -> Result<ManyFlow
         .map(|t| capture_end - t.last)
         .collect();
     println!(
-        "  {tag} lab-load: {summary}; {} flows in the capture, {} mid-transfer at the kill; their gap (kill to their first data segment after it) {}; longest pause of each flow (any time) {}; {across} paused across the kill; relay-b: {}",
+        "  {tag} lab-load: {summary}; {} flows in the capture, {} mid-transfer at the kill; their gap (kill to their first data segment after it) {}; longest pause of each flow (any time) {}; {across} paused across the kill; relay-b: {}; {}",
         traces.len(),
         gaps_ms.len(),
         spread(&gaps_ms, true),
         spread(&pauses_ms, true),
-        s.takeover()
+        s.takeover(),
+        s.survivor_losses()
     );
     if failed > 0 {
         println!(

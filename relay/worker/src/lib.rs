@@ -10,7 +10,7 @@
 pub mod metrics;
 pub mod replicate;
 
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
@@ -71,6 +71,18 @@ pub struct Adoption {
 
 /// Client MACs remembered at most (a flood of spoofed sources resets it).
 const MAX_FRONT_MACS: usize = 65536;
+
+/// Most frames taken from each rx ring per loop.
+const RX_BATCH: usize = 256;
+
+/// Adopted flows nudged at once: each may answer with its whole window
+/// (128 KiB plus a few segments, about 95 frames), and a wave must fit the
+/// rx ring (16 384 frames, `socket_config` in relay-app) with room to spare.
+const NUDGE_WAVE: usize = 100;
+
+/// Least time between two waves: an empty ring right after a wave only
+/// means its answers are still on the way.
+const NUDGE_WAVE_GAP: Duration = Duration::from_millis(5);
 
 /// Why a worker stopped.
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +228,11 @@ pub struct Worker {
     adopt_rx: Option<mpsc::Receiver<AdoptCommand>>,
     /// Flows adopted and not nudged since the addresses moved.
     adopted_unnudged: Vec<u64>,
+    /// Adopted flows whose nudge waits for room in the rx rings (see
+    /// [`Worker::nudge_wave`]).
+    nudge_queue: VecDeque<u64>,
+    /// When the last wave was nudged.
+    nudged_at: Instant,
     /// Handing off: no flow is served (see [`AdoptCommand::Freeze`]).
     frozen: bool,
     wake_tx: Arc<UnixStream>,
@@ -313,6 +330,8 @@ impl Worker {
             keys: HashMap::new(),
             adopt_rx: None,
             adopted_unnudged: Vec::new(),
+            nudge_queue: VecDeque::new(),
+            nudged_at: Instant::from_micros(0),
             frozen: false,
             wake_tx: wake_for_others,
             hs_tx: job_tx,
@@ -391,6 +410,7 @@ impl Worker {
                 continue;
             }
             let got = self.receive(now)?;
+            self.nudge_wave(now, got);
             let hs = self.handshake_results(now);
             let replicated = self.replication(now);
             self.run_timers(now);
@@ -429,6 +449,33 @@ impl Worker {
         Ok(())
     }
 
+    /// Nudges the next wave of adopted flows once the rx rings have drained
+    /// (this loop took less than a full batch) and the last wave's answers
+    /// had time to arrive ([`NUDGE_WAVE_GAP`]).
+    ///
+    /// A nudge makes the sender retransmit its whole window at once. A
+    /// thousand backends nudged together sent about 90 000 frames into one
+    /// ring of 16 384 in the lab, and every frame dropped cost its flow a
+    /// retransmission timeout: waves of [`NUDGE_WAVE`] flows fit.
+    fn nudge_wave(&mut self, now: Instant, received: usize) {
+        if self.nudge_queue.is_empty()
+            || received >= RX_BATCH
+            || now.micros < self.nudged_at.micros + NUDGE_WAVE_GAP.as_micros() as u64
+        {
+            return;
+        }
+        self.nudged_at = now;
+        for _ in 0..NUDGE_WAVE {
+            let Some(key) = self.nudge_queue.pop_front() else {
+                break;
+            };
+            if let Some(slot) = self.flows.get_mut(&key) {
+                slot.flow.nudge();
+                self.dirty.push(key);
+            }
+        }
+    }
+
     /// Takes and drops what the rings hold (a frozen worker).
     fn discard(&mut self) -> Result<usize, WorkerError> {
         let n = self.front.receive(256, &mut |_: &[u8]| {})?;
@@ -440,11 +487,11 @@ impl Worker {
         self.arena.clear();
         self.spans.clear();
         let (arena, spans) = (&mut self.arena, &mut self.spans);
-        let n = self.front.receive(256, &mut |f: &[u8]| {
+        let n = self.front.receive(RX_BATCH, &mut |f: &[u8]| {
             spans.push((true, arena.len(), f.len()));
             arena.extend_from_slice(f);
         })?;
-        let m = self.back.receive(256, &mut |f: &[u8]| {
+        let m = self.back.receive(RX_BATCH, &mut |f: &[u8]| {
             spans.push((false, arena.len(), f.len()));
             arena.extend_from_slice(f);
         })?;
@@ -711,12 +758,8 @@ impl Worker {
                     }
                 }
                 AdoptCommand::Nudge => {
-                    for key in std::mem::take(&mut self.adopted_unnudged) {
-                        if let Some(slot) = self.flows.get_mut(&key) {
-                            slot.flow.nudge();
-                            self.dirty.push(key);
-                        }
-                    }
+                    let keys = std::mem::take(&mut self.adopted_unnudged);
+                    self.nudge_queue.extend(keys);
                 }
                 AdoptCommand::Freeze => {
                     self.frozen = true;
@@ -740,6 +783,7 @@ impl Worker {
                     self.shared.metrics.flows_handed_off.add(ids.len() as u64);
                     self.dirty.clear();
                     self.adopted_unnudged.clear();
+                    self.nudge_queue.clear();
                     self.frozen = false;
                     self.shared.frozen.store(false, Ordering::Release);
                     tracing::info!(
@@ -1158,6 +1202,9 @@ impl Worker {
         let mut timeout = Duration::from_millis(100);
         if let Some(t) = next {
             timeout = timeout.min(t.saturating_duration_since(now));
+        }
+        if !self.nudge_queue.is_empty() {
+            timeout = timeout.min(NUDGE_WAVE_GAP);
         }
         if timeout.is_zero() {
             return Ok(());
