@@ -424,6 +424,13 @@ pub fn run_compare(seconds: u32) -> Result<()> {
             let mut figures = measure(&lab, seconds);
             figures.kib_per_flow = memory_per_flow(&lab, child.id());
             stop(child);
+            // A stopped relay leaves its steer programs attached and
+            // dropping what they steer (a dead relay's box must stay quiet
+            // about its flows): the peers measured next need them gone.
+            for ifname in ["front", "back"] {
+                lab.ip(Node::RelayA, &["link", "set", "dev", ifname, "xdp", "off"])
+                    .with_context(|| format!("detaching the steer program from {ifname}"))?;
+            }
             rows.push((name, figures));
             continue;
         }
